@@ -1,0 +1,45 @@
+"""The lm-eval metrics kdh accepts, with their direction and range.
+
+Only metrics registered inside lm-eval are listed: any other name makes lm-eval fall back to
+`evaluate.load` from the hub, which fails offline. The range is what validation enforces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    higher_is_better: bool
+    low: float
+    high: float
+
+
+_INF = math.inf
+METRICS: dict[str, Metric] = {
+    "acc": Metric(True, 0.0, 1.0),
+    "acc_norm": Metric(True, 0.0, 1.0),
+    "acc_bytes": Metric(True, 0.0, 1.0),
+    "acc_mutual_info": Metric(True, 0.0, 1.0),
+    "acc_all": Metric(True, 0.0, 1.0),
+    "exact_match": Metric(True, 0.0, 1.0),
+    "f1": Metric(True, 0.0, 1.0),
+    "mcc": Metric(True, -1.0, 1.0),
+    "brier_score": Metric(False, 0.0, 2.0),
+    "bits_per_byte": Metric(False, 0.0, _INF),
+    "byte_perplexity": Metric(False, 1.0, _INF),
+    "word_perplexity": Metric(False, 1.0, _INF),
+    "perplexity": Metric(False, 1.0, _INF),
+    "bleu": Metric(True, 0.0, 100.0),
+    "chrf": Metric(True, 0.0, 100.0),
+    "ter": Metric(False, 0.0, _INF),
+}
+
+
+def metric_range(name: str) -> tuple[float, float]:
+    """A metric's valid range; a metric kdh does not know (from a built-in task) may take any
+    finite value."""
+    known = METRICS.get(name)
+    return (known.low, known.high) if known else (-_INF, _INF)

@@ -1,0 +1,106 @@
+"""Model references: what a name points at, how it loads, and a fingerprint of its exact bytes.
+
+A ``ModelRef`` names a model (teacher, student, …) and where it loads from: a local transformers
+folder or a hub id (hub ids need the hub variables unset: kdh runs offline by default). Weights
+load from safetensors only and ``trust_remote_code`` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import BadInput
+
+_DTYPES = ("float32", "bfloat16", "float16", "auto")
+_CONFIG_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    name: str
+    source: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+
+    @classmethod
+    def parse(cls, spec: str, **options) -> "ModelRef":
+        """``NAME=SOURCE`` as given on the command line."""
+        name, sep, source = spec.partition("=")
+        if not sep or not name or not source:
+            raise BadInput(f"--model '{spec}': expected NAME=PATH, e.g. --model student=./my-student")
+        if options.get("dtype", "float32") not in _DTYPES:
+            raise BadInput(f"--dtype '{options['dtype']}': choose one of {', '.join(_DTYPES)}")
+        return cls(name=name, source=source, **options)
+
+    @property
+    def local_path(self) -> Path | None:
+        path = Path(self.source).expanduser()
+        return path.resolve() if path.exists() else None
+
+
+def check_local(ref: ModelRef) -> Path:
+    """The model's folder, or a clear error if it is not a transformers causal LM folder."""
+    path = ref.local_path
+    if path is None:
+        if "/" in ref.source and not ref.source.startswith((".", "/", "~")):
+            return None  # a hub id; loading it says whether it is reachable
+        raise BadInput(f"model '{ref.name}': {ref.source} does not exist; give a transformers model folder")
+    if not (path / "config.json").is_file():
+        raise BadInput(f"model '{ref.name}': {path} has no config.json; is it a transformers model folder?")
+    return path
+
+
+def fingerprint(ref: ModelRef) -> str:
+    """sha256 over the config, tokenizer and weight files, so a result is tied to exact bytes."""
+    path = check_local(ref)
+    if path is None:
+        return "hub:" + ref.source
+    digest = hashlib.sha256()
+    files = [path / f for f in _CONFIG_FILES if (path / f).is_file()]
+    files += sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+    for file in files:
+        digest.update(file.name.encode())
+        with open(file, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def bytes_on_disk(ref: ModelRef) -> int:
+    path = ref.local_path
+    if path is None:
+        return 0
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def load(ref: ModelRef):
+    """(model, tokenizer) in eval mode on the reference's device."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    path = check_local(ref)
+    source = str(path) if path is not None else ref.source
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=ref.trust_remote_code)
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        raise BadInput(f"model '{ref.name}': cannot read the config of {source}: {err}") from None
+    dtype = "auto" if ref.dtype == "auto" else getattr(torch, ref.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype, use_safetensors=True, trust_remote_code=ref.trust_remote_code)
+    except ValueError as err:
+        raise BadInput(f"model '{ref.name}': {source} ({config.model_type}) is not a causal LM "
+                       f"that transformers can load: {err}") from None
+    except OSError as err:
+        raise BadInput(f"model '{ref.name}': cannot load weights from {source}: {err} "
+                       "(kdh loads safetensors weights only)") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=ref.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise BadInput(f"model '{ref.name}': no tokenizer found in {source}: {err}") from None
+    model.to(ref.device).eval()
+    return model, tokenizer

@@ -1,0 +1,109 @@
+"""Scorecards: the tidy table of results, and the per-domain arithmetic over it (pure).
+
+One row per (model, domain, slice, metric): value, stderr, n, higher_is_better, and whether the
+metric is the one the slice counts (``primary``).
+
+Per-domain aggregate, comparable across metrics of both directions: **retention** of the
+reference model's (the teacher's) score. For a slice whose metric is better when higher it is
+``student / teacher``; when lower is better (bits per byte, perplexity) it is ``teacher /
+student``. Either way 1.0 is parity, below 1 the student is worse, above 1 it is better. A
+domain's retention is the slice-weighted mean of its slices' retentions; its **gap** is
+``1 - retention`` (positive where the student lags), which is what DDK's sampling weights use.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+ROW_COLUMNS = ["model", "domain", "slice", "metric", "value", "stderr", "n", "higher_is_better", "primary", "weight"]
+DOMAIN_COLUMNS = ["model", "domain", "retention", "gap", "slices"]
+EFFICIENCY_COLUMNS = ["model", "parameters", "bytes_on_disk", "tokens_per_s", "peak_memory_mb", "seconds"]
+
+
+def slice_retention(value: float, reference: float, higher_is_better: bool) -> float:
+    """The share of the reference's score kept; NaN where it is undefined (a zero or NaN)."""
+    num, den = (value, reference) if higher_is_better else (reference, value)
+    if den == 0 or any(map(math.isnan, (num, den))):
+        return math.nan
+    return num / den
+
+
+def domain_aggregates(rows: pd.DataFrame, reference: str) -> pd.DataFrame:
+    """Per (model, domain) retention and gap against the reference model (see module doc)."""
+    primary = rows[rows["primary"]]
+    ref = primary[primary["model"] == reference].set_index(["domain", "slice"])["value"]
+    out = []
+    for (model, domain), group in primary.groupby(["model", "domain"], sort=False):
+        kept, weights = [], []
+        for row in group.itertuples():
+            ref_value = ref.get((domain, row.slice), math.nan)
+            kept.append(slice_retention(row.value, ref_value, bool(row.higher_is_better)))
+            weights.append(row.weight)
+        retention = sum(k * w for k, w in zip(kept, weights)) / sum(weights)
+        out.append({"model": model, "domain": domain, "retention": retention,
+                    "gap": 1.0 - retention, "slices": len(kept)})
+    return pd.DataFrame(out, columns=DOMAIN_COLUMNS)
+
+
+def side_by_side(rows: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """The primary metric of each slice, one column per model: the table a person reads."""
+    primary = rows[rows["primary"]]
+    table = primary.pivot_table(index=["domain", "slice", "metric"], columns="model", values="value", sort=False)
+    table = table[[m for m in models if m in table.columns]]
+    direction = primary.drop_duplicates(["domain", "slice"]).set_index(["domain", "slice", "metric"])["higher_is_better"]
+    table.insert(0, "better", direction.reindex(table.index).map({True: "higher", False: "lower"}))
+    return table.reset_index()
+
+
+@dataclass
+class Scorecard:
+    suite: str
+    reference: str
+    rows: pd.DataFrame
+    efficiency: pd.DataFrame
+    models: dict[str, dict] = field(default_factory=dict)  # per model: source, fingerprint, …
+    suite_fingerprint: str = ""
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(dict.fromkeys(self.rows["model"]))
+
+    @property
+    def domains(self) -> pd.DataFrame:
+        return domain_aggregates(self.rows, self.reference)
+
+    def to_json(self) -> dict:
+        return {
+            "suite": self.suite, "suite_fingerprint": self.suite_fingerprint, "reference": self.reference,
+            "definition": "retention = student/teacher (higher is better) or teacher/student (lower is "
+                          "better), slice-weighted mean per domain; gap = 1 - retention",
+            "models": self.models,
+            "rows": _records(self.rows), "domains": _records(self.domains), "efficiency": _records(self.efficiency),
+        }
+
+    def save(self, folder: Path) -> dict[str, Path]:
+        """scorecard.csv (the tidy rows), domains.csv, efficiency.csv and scorecard.json (all)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        paths = {name: folder / name for name in ("scorecard.csv", "domains.csv", "efficiency.csv", "scorecard.json")}
+        self.rows.to_csv(paths["scorecard.csv"], index=False)
+        self.domains.to_csv(paths["domains.csv"], index=False)
+        self.efficiency.to_csv(paths["efficiency.csv"], index=False)
+        paths["scorecard.json"].write_text(json.dumps(self.to_json(), indent=2, allow_nan=True))
+        return paths
+
+    @classmethod
+    def load(cls, path: Path) -> "Scorecard":
+        data = json.loads(Path(path).read_text())
+        return cls(suite=data["suite"], reference=data["reference"],
+                   rows=pd.DataFrame(data["rows"], columns=ROW_COLUMNS),
+                   efficiency=pd.DataFrame(data["efficiency"], columns=EFFICIENCY_COLUMNS),
+                   models=data.get("models", {}), suite_fingerprint=data.get("suite_fingerprint", ""))
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return json.loads(frame.to_json(orient="records"))

@@ -1,0 +1,211 @@
+"""Scoring: each model on each slice of a suite, through ``lm_eval.simple_evaluate`` and ``HFLM``.
+
+The evaluator knows neither the suite nor the model: it gets tasks (inline configs built from the
+suite's slices) and an ``HFLM`` over a loaded transformers model. What comes back is mapped into
+scorecard rows, with efficiency figures measured around the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import pandas as pd
+
+from harness import models as model_io
+from harness.errors import BadInput, RuntimeFailure
+from harness.metrics import METRICS
+from harness.models import ModelRef
+from harness.registry import Suite
+from harness.scorecard import EFFICIENCY_COLUMNS, ROW_COLUMNS, Scorecard
+from harness.taskfiles import inline_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ScoringOptions:
+    limit: int | None = None  # overrides every slice's limit (for quick runs)
+    batch_size: int | None = None  # overrides the suite's default
+    bootstrap_iters: int | None = None
+    seed: int = 1234
+
+
+def task_name(domain: str, slice_name: str) -> str:
+    return f"kdh.{domain}.{slice_name}"
+
+
+class PeakMemory:
+    """Peak memory while a block runs: allocated bytes on CUDA, else the process's resident set
+    (sampled every 20 ms; on CPU the weights and activations live there)."""
+
+    def __init__(self, device: str):
+        self.device, self.peak_bytes = device, 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        import torch
+
+        if self.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            import psutil
+
+            proc = psutil.Process()
+
+            def sample():
+                while not self._stop.is_set():
+                    self.peak_bytes = max(self.peak_bytes, proc.memory_info().rss)
+                    self._stop.wait(0.02)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        import torch
+
+        if self.device.startswith("cuda"):
+            self.peak_bytes = torch.cuda.max_memory_allocated()
+        else:
+            self._stop.set()
+            self._thread.join()
+        return False
+
+
+def _count_tokens(model) -> tuple[list[int], object]:
+    """A hook that counts the token positions each forward pass sees (padding included)."""
+    seen = [0]
+
+    def hook(_module, args, kwargs):
+        ids = args[0] if args else kwargs.get("input_ids")
+        if ids is not None:
+            seen[0] += ids.numel()
+
+    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _slice_groups(suite: Suite, options: ScoringOptions) -> dict[int | None, list[tuple]]:
+    """Slices grouped by their effective limit: lm-eval takes one limit per call."""
+    groups: dict[int | None, list[tuple]] = defaultdict(list)
+    for domain in suite.domains:
+        for slice_ in domain.slices:
+            limit = options.limit if options.limit is not None else (slice_.limit or suite.defaults.limit)
+            groups[limit].append((domain, slice_))
+    return groups
+
+
+def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = ScoringOptions()) -> tuple[list[dict], dict]:
+    """Score one model on every slice: (scorecard rows, efficiency figures)."""
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    model, tokenizer = model_io.load(ref)
+    batch_size = options.batch_size or suite.defaults.batch_size
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)  # batch size on HFLM: see libraries.md
+    needs_builtins = any(s.is_builtin for d in suite.domains for s in d.slices)
+    # Indexing lm-eval's built-in tasks costs ~12 s; only pay it when a slice names one.
+    manager = TaskManager(include_defaults=needs_builtins)
+    iters = options.bootstrap_iters if options.bootstrap_iters is not None else suite.defaults.bootstrap_iters
+
+    rows: list[dict] = []
+    tokens, hook = _count_tokens(model)
+    started = time.perf_counter()
+    try:
+        with PeakMemory(ref.device) as memory:
+            for limit, members in _slice_groups(suite, options).items():
+                tasks = [inline_task(s, task_name(d.name, s.name)) for d, s in members]
+                try:
+                    results = lm_eval.simple_evaluate(
+                        model=lm, tasks=tasks, task_manager=manager, limit=limit,
+                        num_fewshot=suite.defaults.num_fewshot, bootstrap_iters=iters, log_samples=False,
+                        random_seed=options.seed, numpy_random_seed=options.seed,
+                        torch_random_seed=options.seed, fewshot_random_seed=options.seed,
+                    )
+                except KeyError as err:  # lm-eval's way of saying a task name is unknown
+                    raise BadInput(f"suite {suite.path}: lm-eval does not know the task {err}; "
+                                   "check the slice's `task:` (built-in names: `lm-eval ls tasks`)") from None
+                except (ConnectionError, OSError) as err:
+                    raise RuntimeFailure(f"model '{ref.name}': a task's data could not be loaded ({err}); "
+                                         "built-in tasks need their datasets downloaded or the hub reachable "
+                                         "(unset HF_DATASETS_OFFLINE)") from None
+                if results is None:
+                    raise RuntimeFailure(f"model '{ref.name}': lm-eval returned no results")
+                for domain, slice_ in members:
+                    rows += _rows(results, ref.name, domain.name, slice_,
+                                  task_name(domain.name, slice_.name) if not slice_.is_builtin else slice_.task)
+    finally:
+        hook.remove()
+    seconds = time.perf_counter() - started
+    efficiency = {
+        "model": ref.name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "bytes_on_disk": model_io.bytes_on_disk(ref),
+        "tokens_per_s": tokens[0] / seconds if seconds > 0 else math.nan,
+        "peak_memory_mb": memory.peak_bytes / 2**20,
+        "seconds": seconds,
+    }
+    return rows, efficiency
+
+
+def _rows(results: dict, model: str, domain: str, slice_, name: str) -> list[dict]:
+    """Scorecard rows for one slice from lm-eval's results (``metric,filter`` keys, "N/A" stderrs)."""
+    found = results["results"].get(name)
+    if found is None:
+        raise RuntimeFailure(f"model '{model}': lm-eval returned no result for {domain}/{slice_.name} ({name})")
+    n = results.get("n-samples", {}).get(name, {}).get("effective", 0)
+    directions = results.get("higher_is_better", {}).get(name, {})
+    out = []
+    for key, value in found.items():
+        metric, sep, filt = key.partition(",")
+        if not sep or metric.endswith("_stderr") or filt != "none" or isinstance(value, str):
+            continue
+        stderr = found.get(f"{metric}_stderr,{filt}")
+        primary = metric == slice_.metric
+        higher = slice_.higher_is_better if primary else directions.get(
+            metric, METRICS[metric].higher_is_better if metric in METRICS else True)
+        out.append({
+            "model": model, "domain": domain, "slice": slice_.name, "metric": metric,
+            "value": float(value) if value is not None else math.nan,
+            "stderr": float(stderr) if isinstance(stderr, (int, float)) else math.nan,
+            "n": int(n), "higher_is_better": bool(higher), "primary": primary, "weight": slice_.weight,
+        })
+    if not any(r["primary"] for r in out):
+        # Missing the metric the slice counts is a failed evaluation; keep a NaN row so that
+        # validation names it rather than silently dropping the slice.
+        out.append({"model": model, "domain": domain, "slice": slice_.name, "metric": slice_.metric,
+                    "value": math.nan, "stderr": math.nan, "n": int(n),
+                    "higher_is_better": slice_.higher_is_better, "primary": True, "weight": slice_.weight})
+    return out
+
+
+def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = ScoringOptions(),
+                reference: str | None = None) -> Scorecard:
+    """Score every model on the suite; the reference (for retention) defaults to the first."""
+    if not refs:
+        raise BadInput("no models to score: give at least one --model NAME=PATH")
+    names = [r.name for r in refs]
+    if len(set(names)) != len(names):
+        raise BadInput(f"model names must be unique, got {', '.join(names)}")
+    reference = reference or refs[0].name
+    if reference not in names:
+        raise BadInput(f"--reference '{reference}' is not one of the models ({', '.join(names)})")
+    for ref in refs:  # fail on a bad path before spending minutes on the first model
+        model_io.check_local(ref)
+    rows, efficiency, provenance = [], [], {}
+    for ref in refs:
+        log.info("scoring %s (%s)", ref.name, ref.source)
+        model_rows, eff = evaluate_model(ref, suite, options)
+        rows += model_rows
+        efficiency.append(eff)
+        provenance[ref.name] = {"source": ref.source, "fingerprint": model_io.fingerprint(ref), "dtype": ref.dtype}
+    return Scorecard(
+        suite=suite.name, reference=reference,
+        rows=pd.DataFrame(rows, columns=ROW_COLUMNS), efficiency=pd.DataFrame(efficiency, columns=EFFICIENCY_COLUMNS),
+        models=provenance, suite_fingerprint=suite.fingerprint(),
+    )
