@@ -298,6 +298,22 @@ def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
+def check_builtin_tasks(suite: Suite) -> None:
+    """Every built-in task a slice names must exist in lm-eval. Costs lm-eval's ~12 s index of
+    its built-in tasks, so it runs only when a slice names one."""
+    named = [(i, j, s.task) for i, d in enumerate(suite.domains) for j, s in enumerate(d.slices) if s.is_builtin]
+    if not named:
+        return
+    from lm_eval.tasks import TaskManager
+
+    known = set(TaskManager(include_defaults=True).all_tasks)
+    for i, j, task in named:
+        if task not in known:
+            close = difflib.get_close_matches(task, sorted(known), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else "; `lm-eval ls tasks` lists the built-in tasks"
+            raise SuiteError(suite.path, f"domains[{i}].slices[{j}].task", f"unknown lm-eval task '{task}'{hint}")
+
+
 def discover_suites(folder: Path) -> list[Path]:
     """Suite files in a folder (task files live in subfolders and are not suites)."""
     return sorted(p for p in folder.glob("*.yaml") if p.is_file())

@@ -8,6 +8,7 @@ raises ``ValidationFailed`` listing each failed expectation in words (exit code 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import pandas as pd
@@ -84,6 +85,8 @@ def validate_scorecard(scorecard: Scorecard, suite: Suite) -> dict:
     """Run the checks; return GX's result as a dict, or raise ``ValidationFailed``."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it chats at INFO on every run
 
     frame = _frame(scorecard)
     context = gx.get_context(mode="ephemeral")

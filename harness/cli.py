@@ -1,0 +1,204 @@
+"""The `kdh` command. Each verb runs on the embedded default when given no arguments.
+
+Exit codes: 0 pass, 1 the gate failed, 2 bad input or config, 3 a failure while running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from harness import home
+from harness.errors import EXIT_RUNTIME, BadInput, KdhError
+
+DEMO_SIZES = ("default", "tiny")
+
+
+def demo_world(progress: bool = True):
+    """The embedded demo world, built on first use (``KDH_DEMO_SIZE`` picks the size)."""
+    from harness.demo import ensure_world
+
+    size = os.environ.get("KDH_DEMO_SIZE", "default")
+    if size not in DEMO_SIZES:
+        raise BadInput(f"KDH_DEMO_SIZE='{size}': choose one of {', '.join(DEMO_SIZES)}")
+    return ensure_world(home.kdh_home(), size=size, progress=progress)
+
+
+def _load(path: str, allow_code: bool = False):
+    from harness.registry import load_suite
+
+    return load_suite(path, demo_data=lambda: demo_world().data_dir, allow_code=allow_code)
+
+
+def default_suite() -> Path:
+    return home.repo_suites_dir() / "default.yaml"
+
+
+# --------------------------------------------------------------------------------------------
+# Verbs
+
+
+def cmd_demo(args) -> int:
+    if args.size:
+        os.environ["KDH_DEMO_SIZE"] = args.size
+    started = time.perf_counter()
+    world = demo_world()
+    manifest = world.manifest
+    print(f"Demo world ({world.size}) at {world.root}  [{time.perf_counter() - started:.1f} s]")
+    print(f"  recipe {manifest.get('recipe_hash', '?')[:12]} · corpus {manifest.get('corpus_fingerprint', '?')[:12]}")
+    print(f"  teacher: {world.teacher_dir}\n  student: {world.student_dir}\n  tokenizer: {world.tokenizer_dir}")
+    return 0
+
+
+def cmd_suites_list(args) -> int:
+    import pandas as pd
+
+    from harness.registry import discover_suites
+    from harness.report import table
+
+    folder = Path(args.dir) if args.dir else home.repo_suites_dir()
+    rows = []
+    for path in discover_suites(folder):
+        try:
+            suite = _load(str(path), allow_code=args.allow_code)
+            rows.append({"suite": suite.name, "domains": len(suite.domains),
+                         "slices": sum(len(d.slices) for d in suite.domains), "file": path.name, "status": "ok"})
+        except KdhError as err:
+            rows.append({"suite": path.stem, "domains": 0, "slices": 0, "file": path.name,
+                         "status": f"invalid: {str(err).split(': ', 1)[-1][:80]}"})
+    if not rows:
+        print(f"no suite files (*.yaml) in {folder}")
+        return 0
+    print(table(pd.DataFrame(rows)))
+    return 0
+
+
+def cmd_suites_validate(args) -> int:
+    from harness.registry import check_builtin_tasks
+
+    suite = _load(args.file, allow_code=args.allow_code)
+    check_builtin_tasks(suite)
+    print(f"{suite.path}: ok · suite '{suite.name}' · {len(suite.domains)} domains · "
+          f"{sum(len(d.slices) for d in suite.domains)} slices")
+    for domain in suite.domains:
+        slices = ", ".join(f"{s.name} ({s.metric}, {'higher' if s.higher_is_better else 'lower'} is better)"
+                           for s in domain.slices)
+        print(f"  {domain.name}: {slices}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from harness import tracking
+    from harness.models import ModelRef
+    from harness.registry import check_builtin_tasks
+    from harness.report import scorecard_report
+    from harness.scoring import ScoringOptions, score_suite
+    from harness.validation import validate_scorecard
+
+    uri = tracking.connect(args.tracking_uri)  # a dead server fails now, not after the scoring
+    suite = _load(args.suite or str(default_suite()), allow_code=args.allow_code)
+    check_builtin_tasks(suite)
+    options = {"dtype": args.dtype, "device": args.device}
+    if args.model:
+        refs = [ModelRef.parse(spec, **options) for spec in args.model]
+    else:
+        world = demo_world()
+        refs = [ModelRef("teacher", str(world.teacher_dir), **options),
+                ModelRef("student", str(world.student_dir), **options)]
+    out = Path(args.out) if args.out else home.kdh_home() / "evals" / f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    print(f"kdh eval · suite '{suite.name}' ({suite.path}) · models {', '.join(r.name for r in refs)} · "
+          f"tracking {tracking.redact(uri)}", file=sys.stderr)
+
+    with tracking.tracked_run(suite.name, "eval", f"eval {suite.name}") as run:
+        scorecard = score_suite(suite, refs, ScoringOptions(limit=args.limit, batch_size=args.batch_size),
+                                reference=args.reference)
+        validate_scorecard(scorecard, suite)  # raises before anything is logged as a success
+        saved = scorecard.save(out)
+        tracking.log_evaluation(scorecard, suite, saved)
+    print()
+    print(scorecard_report(scorecard))
+    print()
+    print(f"Saved {saved['scorecard.csv']} and {saved['scorecard.json'].name}")
+    print(f"MLflow: experiment kdh/{suite.name}, run {run.info.run_id} ({tracking.redact(uri)})")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# Parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    demo = verbs.add_parser("demo", help="build (or show) the embedded demo world")
+    demo.add_argument("--size", choices=DEMO_SIZES, help="default: $KDH_DEMO_SIZE or 'default'")
+    demo.set_defaults(func=cmd_demo)
+
+    suites = verbs.add_parser("suites", help="list or validate suites")
+    suite_verbs = suites.add_subparsers(dest="suites_verb", metavar="ACTION")
+    listing = suite_verbs.add_parser("list", help="the suites in a folder (default: the shipped suites/)")
+    listing.add_argument("--dir")
+    listing.add_argument("--allow-code", action="store_true", help="allow task files that run code")
+    listing.set_defaults(func=cmd_suites_list)
+    validate = suite_verbs.add_parser("validate", help="check a suite file; exit 2 with the field if it is wrong")
+    validate.add_argument("file")
+    validate.add_argument("--allow-code", action="store_true", help="allow task files that run code")
+    validate.set_defaults(func=cmd_suites_validate)
+    suites.set_defaults(func=cmd_suites_list, dir=None, allow_code=False)
+
+    ev = verbs.add_parser("eval", help="score models on a suite; log the scorecard to MLflow")
+    ev.add_argument("--suite", help="suite file (default: suites/default.yaml)")
+    ev.add_argument("--model", action="append", metavar="NAME=PATH",
+                    help="a model to score (repeat; default: the demo teacher and student)")
+    ev.add_argument("--reference", help="the model retention is measured against (default: the first)")
+    ev.add_argument("--limit", type=int, help="documents or items per slice (overrides the suite)")
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--dtype", default="float32")
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--out", help="folder for scorecard.csv/json (default: $KDH_HOME/evals/…)")
+    ev.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the kdh home)")
+    ev.add_argument("--allow-code", action="store_true", help="allow task files that run code (!function)")
+    ev.set_defaults(func=cmd_eval)
+    return parser
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    level = logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("lm_eval", "lm-eval", "transformers", "datasets", "mlflow", "great_expectations", "alembic", "httpx"):
+        logging.getLogger(name).setLevel(level)
+    if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore")
+
+
+def main(argv: list[str] | None = None) -> int:
+    home.configure_environment()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_libraries(args.verbose)
+    try:
+        return args.func(args) or 0
+    except KdhError as err:
+        print(f"kdh: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("kdh: interrupted", file=sys.stderr)
+        return EXIT_RUNTIME
+    except Exception as err:  # a failure while running: say what, keep the traceback for -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"kdh: failed while running: {type(err).__name__}: {err}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+if __name__ == "__main__":
+    sys.exit(main())

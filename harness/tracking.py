@@ -1,0 +1,135 @@
+"""MLflow tracking: one experiment per suite, a parent run per command, a nested run per model.
+
+Conventions (see DESIGN.md): tag ``kdh.kind`` on each run; metric names ``domain/slice/metric``
+(lm-eval's ``acc,none`` keys are mapped, MLflow rejects commas); scorecards as table artifacts.
+A run whose work raised ends FAILED (KILLED on Ctrl-C), never FINISHED.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from harness import home
+from harness.errors import BadInput
+from harness.registry import Suite
+from harness.scorecard import Scorecard
+
+KIND_TAG = "kdh.kind"
+
+
+def redact(uri: str) -> str:
+    """The URI with any password replaced, for messages and the dashboard."""
+    return re.sub(r"(://[^:/@]+):[^@/]+@", r"\1:***@", uri)
+
+
+def connect(uri: str | None = None) -> str:
+    """Point MLflow at ``uri`` (default: ``MLFLOW_TRACKING_URI``, else the kdh home's SQLite
+    store) and check that a server answers before any work starts."""
+    import mlflow
+
+    uri = uri or home.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
+                reply.read()
+        except (urllib.error.URLError, OSError, ValueError) as err:
+            raise BadInput(f"the MLflow server at {redact(uri)} does not answer ({getattr(err, 'reason', err)}); "
+                           "check that `mlflow server` runs there, or unset MLFLOW_TRACKING_URI to use the "
+                           "local store") from None
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_id(suite_name: str) -> str:
+    """The suite's experiment, created on first use. In a local store its artifacts go under the
+    kdh home rather than MLflow's default ./mlruns in whatever folder the command ran from."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    name = f"kdh/{suite_name}"
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (home.artifact_root() / suite_name).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # another process created it first
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def tracked_run(suite_name: str, kind: str, run_name: str, tags: dict | None = None, nested: bool = False):
+    """An MLflow run that ends FINISHED only if its block completes."""
+    import mlflow
+
+    run = mlflow.start_run(experiment_id=experiment_id(suite_name), run_name=run_name, nested=nested,
+                           tags={KIND_TAG: kind, "kdh.suite": suite_name, **(tags or {})})
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("kdh.error", "interrupted")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as err:
+        mlflow.set_tag("kdh.error", f"{type(err).__name__}: {err}"[:5000])
+        mlflow.end_run(status="FAILED")
+        raise
+    mlflow.end_run(status="FINISHED")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for package in ("kdh", "lm_eval", "transformers", "torch", "mlflow"):
+        try:
+            out[f"version.{package}"] = version(package.replace("_", "-"))
+        except PackageNotFoundError:
+            out[f"version.{package}"] = "unknown"
+    return out
+
+
+def metric_key(*parts: str) -> str:
+    return "/".join(parts)
+
+
+def log_evaluation(scorecard: Scorecard, suite: Suite, saved: dict[str, Path]) -> None:
+    """Log a validated scorecard into the active (parent) run, with a nested run per model."""
+    import mlflow
+
+    domains = scorecard.domains
+    mlflow.log_params({"suite": suite.name, "suite.path": str(suite.path), "suite.fingerprint": scorecard.suite_fingerprint,
+                       "reference": scorecard.reference, "models": ",".join(scorecard.model_names)})
+    for path in saved.values():
+        mlflow.log_artifact(str(path))
+    mlflow.log_table(scorecard.rows, artifact_file="tables/scorecard.json")
+    mlflow.log_table(domains, artifact_file="tables/domains.json")
+    mlflow.log_table(scorecard.efficiency, artifact_file="tables/efficiency.json")
+    mlflow.log_metrics({metric_key(row.model, row.domain, "retention"): row.retention for row in domains.itertuples()})
+    for model in scorecard.model_names:
+        provenance = scorecard.models.get(model, {})
+        with tracked_run(suite.name, "eval", model, tags={"kdh.model": model}, nested=True):
+            mlflow.log_params({
+                "model.name": model, "model.source": provenance.get("source", ""),
+                "model.fingerprint": provenance.get("fingerprint", ""), "model.dtype": provenance.get("dtype", ""),
+                "suite": suite.name, "suite.fingerprint": scorecard.suite_fingerprint, **library_versions(),
+            })
+            metrics = {}
+            for row in scorecard.rows[scorecard.rows["model"] == model].itertuples():
+                metrics[metric_key(row.domain, row.slice, row.metric)] = row.value
+                if not math.isnan(row.stderr):
+                    metrics[metric_key(row.domain, row.slice, f"{row.metric}_stderr")] = row.stderr
+            for row in domains[domains["model"] == model].itertuples():
+                metrics[metric_key(row.domain, "retention")] = row.retention
+                metrics[metric_key(row.domain, "gap")] = row.gap
+            for key, value in scorecard.efficiency[scorecard.efficiency["model"] == model].iloc[0].items():
+                if key != "model":
+                    metrics[metric_key("efficiency", key)] = float(value)
+            mlflow.log_metrics(metrics)
+            mlflow.log_table(scorecard.rows[scorecard.rows["model"] == model], artifact_file="tables/scorecard.json")
