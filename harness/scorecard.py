@@ -23,6 +23,8 @@ import pandas as pd
 ROW_COLUMNS = ["model", "domain", "slice", "metric", "value", "stderr", "n", "higher_is_better", "primary", "weight"]
 DOMAIN_COLUMNS = ["model", "domain", "retention", "gap", "slices"]
 EFFICIENCY_COLUMNS = ["model", "parameters", "bytes_on_disk", "tokens_per_s", "peak_memory_mb", "seconds"]
+# JSON has no NaN: a missing stderr comes back as null, so reading restores the types.
+_ROW_TYPES = {"value": float, "stderr": float, "n": int, "higher_is_better": bool, "primary": bool, "weight": float}
 
 
 def slice_retention(value: float, reference: float, higher_is_better: bool) -> float:
@@ -100,7 +102,7 @@ class Scorecard:
     def load(cls, path: Path) -> "Scorecard":
         data = json.loads(Path(path).read_text())
         return cls(suite=data["suite"], reference=data["reference"],
-                   rows=pd.DataFrame(data["rows"], columns=ROW_COLUMNS),
+                   rows=pd.DataFrame(data["rows"], columns=ROW_COLUMNS).astype(_ROW_TYPES),
                    efficiency=pd.DataFrame(data["efficiency"], columns=EFFICIENCY_COLUMNS),
                    models=data.get("models", {}), suite_fingerprint=data.get("suite_fingerprint", ""))
 

@@ -1,0 +1,59 @@
+"""Shared fixtures: an isolated kdh home per session, the tiny demo world, suite-file helpers."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness import home
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES = REPO / "suites" / "tasks"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def kdh_env(tmp_path_factory):
+    """Every test runs against its own kdh home, the tiny demo world and a local store."""
+    root = tmp_path_factory.mktemp("kdh-home")
+    saved = {k: os.environ.get(k) for k in ("KDH_HOME", "KDH_DEMO_SIZE", "MLFLOW_TRACKING_URI")}
+    os.environ.update(KDH_HOME=str(root), KDH_DEMO_SIZE="tiny")
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    home.configure_environment()
+    yield root
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def tiny_world(kdh_env):
+    from harness.demo import ensure_world
+
+    return ensure_world(home.kdh_home(), size="tiny", progress=False)
+
+
+@pytest.fixture
+def write_suite(tmp_path):
+    """Write a suite YAML (and the data files it needs) into a fresh folder; return its path."""
+
+    def write(body: str, name: str = "suite.yaml", data: dict[str, str] | None = None) -> Path:
+        for rel, content in (data or {}).items():
+            path = tmp_path / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(content)
+        shutil.copytree(TEMPLATES, tmp_path / "tasks", dirs_exist_ok=True)
+        path = tmp_path / name
+        path.write_text(textwrap.dedent(body))
+        return path
+
+    return write
+
+
+PPL_ROWS = '{"text": "def f(x):\\n    return x + 1\\n"}\n{"text": "import os\\nprint(os.getcwd())\\n"}\n'
+MC_ROWS = '{"context": "1 + 1 =", "choices": [" 2", " 3"], "label": 0}\n{"context": "2 + 2 =", "choices": [" 5", " 4"], "label": 1}\n'
