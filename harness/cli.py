@@ -115,7 +115,7 @@ def cmd_eval(args) -> int:
           f"tracking {tracking.redact(uri)}", file=sys.stderr)
 
     with tracking.tracked_run(suite.name, "eval", f"eval {suite.name}") as run:
-        scorecard = score_suite(suite, refs, ScoringOptions(limit=args.limit, batch_size=args.batch_size),
+        scorecard = score_suite(suite, refs, ScoringOptions(limit=args.limit, batch_size=args.batch_size, allow_code=args.allow_code),
                                 reference=args.reference)
         validate_scorecard(scorecard, suite)  # raises before anything is logged as a success
         saved = scorecard.save(out)

@@ -28,7 +28,7 @@ SUITE_KEYS = {"name", "description", "defaults", "thresholds", "domains"}
 DEFAULT_KEYS = {"batch_size", "limit", "num_fewshot", "bootstrap_iters"}
 THRESHOLD_KEYS = {"min_retention", "max_drop", "alpha"}
 DOMAIN_KEYS = {"name", "description", "slices", "validation", "train", "thresholds"}
-SLICE_KEYS = {"name", "task", "data", "metric", "higher_is_better", "weight", "limit", "thresholds"}
+SLICE_KEYS = {"name", "task", "data", "metric", "filter", "higher_is_better", "weight", "limit", "thresholds"}
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ class Slice:
     metric: str
     higher_is_better: bool
     weight: float = 1.0
+    filter: str = "none"  # lm-eval's filter whose results count (e.g. gsm8k's "strict-match")
     data: Path | None = None  # the test data a local task template reads
     limit: int | None = None
     thresholds: Thresholds = Thresholds()
@@ -250,6 +251,9 @@ class _Reader:
         weight = raw.get("weight", 1.0)
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0:
             self.fail(f"{where}.weight", f"{weight!r} is out of range: must be a number > 0")
+        filter_name = raw.get("filter", "none")
+        if not isinstance(filter_name, str) or not filter_name:
+            self.fail(f"{where}.filter", f"must be the name of one of the task's filters, got {filter_name!r}")
         template = None
         if task.endswith((".yaml", ".yml")):
             task_path = self.local_path(task, f"{where}.task")
@@ -264,7 +268,7 @@ class _Reader:
         name = raw.get("name") or (Path(task).stem if template is not None else task)
         return Slice(
             name=self.name(name, f"{where}.name"), task=task, metric=metric, higher_is_better=higher,
-            weight=float(weight), data=data, limit=self.optional_int(raw.get("limit"), f"{where}.limit", low=1),
+            weight=float(weight), filter=filter_name, data=data, limit=self.optional_int(raw.get("limit"), f"{where}.limit", low=1),
             thresholds=self.thresholds(raw.get("thresholds"), f"{where}.thresholds"), template=template,
         )
 

@@ -33,6 +33,7 @@ class ScoringOptions:
     batch_size: int | None = None  # overrides the suite's default
     bootstrap_iters: int | None = None
     seed: int = 1234
+    allow_code: bool = False  # lets lm-eval run tasks marked unsafe_code (they execute model output)
 
 
 def task_name(domain: str, slice_name: str) -> str:
@@ -126,14 +127,16 @@ def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = Scorin
                         num_fewshot=suite.defaults.num_fewshot, bootstrap_iters=iters, log_samples=False,
                         random_seed=options.seed, numpy_random_seed=options.seed,
                         torch_random_seed=options.seed, fewshot_random_seed=options.seed,
+                        confirm_run_unsafe_code=options.allow_code,
                     )
                 except KeyError as err:  # lm-eval's way of saying a task name is unknown
                     raise BadInput(f"suite {suite.path}: lm-eval does not know the task {err}; "
                                    "check the slice's `task:` (built-in names: `lm-eval ls tasks`)") from None
                 except (ConnectionError, OSError) as err:
-                    raise RuntimeFailure(f"model '{ref.name}': a task's data could not be loaded ({err}); "
-                                         "built-in tasks need their datasets downloaded or the hub reachable "
-                                         "(unset HF_DATASETS_OFFLINE)") from None
+                    raise RuntimeFailure(f"suite '{suite.name}': a task's data could not be loaded: {err}. Built-in "
+                                         "lm-eval tasks read their datasets from the Hugging Face hub: run where it "
+                                         "is reachable with HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0, or fill the "
+                                         "datasets cache first") from None
                 if results is None:
                     raise RuntimeFailure(f"model '{ref.name}': lm-eval returned no results")
                 for domain, slice_ in members:
@@ -163,7 +166,7 @@ def _rows(results: dict, model: str, domain: str, slice_, name: str) -> list[dic
     out = []
     for key, value in found.items():
         metric, sep, filt = key.partition(",")
-        if not sep or metric.endswith("_stderr") or filt != "none" or isinstance(value, str):
+        if not sep or metric.endswith("_stderr") or filt != slice_.filter or isinstance(value, str):
             continue
         stderr = found.get(f"{metric}_stderr,{filt}")
         primary = metric == slice_.metric
@@ -176,6 +179,8 @@ def _rows(results: dict, model: str, domain: str, slice_, name: str) -> list[dic
             "n": int(n), "higher_is_better": bool(higher), "primary": primary, "weight": slice_.weight,
         })
     if not any(r["primary"] for r in out):
+        log.warning("%s/%s: lm-eval reported no '%s' under filter '%s' (it gave: %s)", domain, slice_.name,
+                    slice_.metric, slice_.filter, ", ".join(k for k in found if "," in k))
         # Missing the metric the slice counts is a failed evaluation; keep a NaN row so that
         # validation names it rather than silently dropping the slice.
         out.append({"model": model, "domain": domain, "slice": slice_.name, "metric": slice_.metric,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import os
 import random
 import re
 import sysconfig
@@ -99,12 +100,12 @@ _TOP_LEVEL = re.compile(r"^(def |class |async def |@)")
 def stdlib_files(seed: int) -> list[tuple[str, Path]]:
     """Stdlib .py files (skipping tests, IDLE, generated codec tables and the prose source), in a
     seeded but stable order, so a byte budget takes a spread of modules, not just a*.py."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    files = [
-        (path.relative_to(root).as_posix(), path)
-        for path in root.rglob("*.py")
-        if not _SKIPPED_DIRS.intersection(path.relative_to(root).parts[:-1])
-    ]
+    root = sysconfig.get_paths()["stdlib"]
+    files = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = sorted(d for d in subfolders if d not in _SKIPPED_DIRS)  # prune, don't descend
+        rel = os.path.relpath(folder, root).replace(os.sep, "/")
+        files += [(name if rel == "." else f"{rel}/{name}", Path(folder, name)) for name in names if name.endswith(".py")]
     return sorted(files, key=lambda item: (_unit_hash(seed, "file", item[0]), item[0]))
 
 
@@ -131,9 +132,10 @@ def code_documents(budget_bytes: int, seed: int) -> tuple[list[str], set[str]]:
     for name, path in stdlib_files(seed):
         if total >= budget_bytes:
             break
-        chunks = chunk_source(path.read_text(encoding="utf-8", errors="replace"))
-        docs += chunks
-        total += sum(len(c.encode()) for c in chunks)
+        for chunk in chunk_source(path.read_text(encoding="utf-8", errors="replace")):
+            if total < budget_bytes:
+                docs.append(chunk)
+                total += len(chunk.encode())
         used.add(name)
     return docs, used
 
@@ -147,7 +149,7 @@ def reflow_paragraphs(text: str) -> list[str]:
         if not lines or set(lines[0].strip()) <= set("*=-"):
             continue
         if all(not line[:1].isspace() for line in lines) and not any(set(line) <= set("*=-") for line in lines):
-            paragraphs.append(" ".join(line.strip() for line in lines))
+            paragraphs.append(" ".join(" ".join(lines).split()))  # also the docs' two spaces after a period
         else:
             paragraphs.append("\n".join(lines))
     return paragraphs
@@ -172,10 +174,12 @@ def prose_documents(budget_bytes: int, seed: int, avoid_files: set[str], target_
     """The language reference (pydoc_data.topics), then stdlib docstrings from files code did not use."""
     from pydoc_data.topics import topics
 
-    docs = []
-    for key in sorted(topics):
-        docs += pack(reflow_paragraphs(topics[key]), target_chars)
-    total = sum(len(d.encode()) for d in docs)
+    docs, total = [], 0
+    for key in sorted(topics, key=lambda k: (_unit_hash(seed, "topic", k), k)):
+        if total < budget_bytes:
+            new = pack(reflow_paragraphs(topics[key]), target_chars)
+            docs += new
+            total += sum(len(d.encode()) for d in new)
     for name, path in stdlib_files(seed + 1):
         if total >= budget_bytes:
             break
@@ -305,3 +309,116 @@ def build_corpus(recipe: Mapping) -> Corpus:
     corpus = {domain: assign_splits(domain, raw[domain], seed, recipe["split_fractions"]) for domain in DOMAINS}
     check_splits_disjoint(corpus)
     return corpus
+
+
+# ---------------------------------------------------------------------------------------------
+# multiple-choice test items, built from the test split only. Each choice is scored literally
+# after its context (target_delimiter ""), so choices carry their own leading separator.
+
+Cut = tuple[str, str, "list[str] | None"]  # context, true continuation, own distractors (None: draw from other docs)
+
+
+def _line_cuts(doc: str, rng: random.Random) -> list[Cut]:
+    lines = doc.split("\n")
+    return [("\n".join(lines[:i]) + "\n", lines[i], None)
+            for i in range(2, min(len(lines), 30)) if len(lines[i].strip()) >= 12]
+
+
+_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\"'][.!?]) (?=[A-Z])")
+
+
+def _sentence_cuts(doc: str, rng: random.Random) -> list[Cut]:
+    cuts = []
+    for match in _SENTENCE_END.finditer(doc):
+        rest = doc[match.end():]
+        following = _SENTENCE_END.search(rest)
+        sentence = rest[: following.start() if following else len(rest)].split("\n")[0]
+        if match.start() >= 40 and 20 <= len(sentence) <= 250:
+            cuts.append((doc[: match.start()], " " + sentence, None))
+    return cuts
+
+
+def near_misses(value: int, rng: random.Random) -> list[str]:
+    """Wrong answers a sloppy model would give: off by one or two, off by ten, digits swapped."""
+    candidates = {value + 1, value - 1, value + 2, value - 2, value + 10, value - 10, int(str(value)[::-1])}
+    candidates = sorted(c for c in candidates if c >= 0 and c != value)
+    return [f" {c}" for c in rng.sample(candidates, 3)]
+
+
+_ANSWER = re.compile(r"^(.*(?:A:|Answer:))( \d+)$")
+
+
+def _arithmetic_cuts(doc: str, rng: random.Random) -> list[Cut]:
+    lines, cuts = doc.split("\n"), []
+    for i, line in enumerate(lines):
+        if match := _ANSWER.match(line):
+            context = "\n".join(lines[:i] + [match.group(1)])
+            cuts.append((context, match.group(2), near_misses(int(match.group(2)), rng)))
+    return cuts
+
+
+def _others(values, true, rng: random.Random, k: int = 3) -> list:
+    return rng.sample(sorted(set(values) - {true}), k)
+
+
+def _records_cuts(doc: str, rng: random.Random) -> list[Cut]:
+    lines, cuts = doc.split("\n"), []
+    for i, line in enumerate(lines):
+        before = "\n".join(lines[:i]) + ("\n" if i else "")
+        if line.startswith("{"):
+            record = json.loads(line)
+            first, last = record["name"].lower().split()
+            domain = record["email"].split("@")[1]
+            names = [(f, l) for f in _FIRST for l in _LAST]
+            options = {
+                "email": [json.dumps(_email(f, l, domain)) for f, l in _others(names, (first, last), rng)],
+                "country": [json.dumps(c) for c in _others(CITY_COUNTRY.values(), record["country"], rng)],
+                "monthly_fee": [str(f) for f in _others(PLAN_FEE.values(), record["monthly_fee"], rng)],
+            }
+            for field, wrong in options.items():
+                key = f'"{field}":'
+                cut = line.index(key) + len(key)
+                cuts.append((before + line[:cut], " " + json.dumps(record[field]), [" " + w for w in wrong]))
+        elif i > 0 and line.count(",") == 4:
+            fields = line.split(",")
+            cuts.append((before + ",".join(fields[:4]) + ",", fields[4], _others(PRODUCT_PRICE.values(), fields[4], rng)))
+        elif match := re.match(r"^(.*?\[(\w+)\])( .*)$", line):
+            services = _others(SERVICE_MESSAGES, match.group(2), rng)
+            cuts.append((before + match.group(1), match.group(3), [" " + log_message(s, rng)[1] for s in services]))
+    return cuts
+
+
+_CUTS: dict[str, Callable[[str, random.Random], list[Cut]]] = {
+    "code": _line_cuts, "prose": _sentence_cuts, "arithmetic": _arithmetic_cuts, "records": _records_cuts}
+
+
+def _length_matched(answer: str, pool: list[tuple[int, str]], doc_index: int, rng: random.Random) -> list[str] | None:
+    """Three continuations from other test docs, closest in length to the true one, so that a
+    length prior alone cannot pick the answer."""
+    sampled = {pool[j][1] for j in (rng.randrange(len(pool)) for _ in range(40))
+               if pool[j][0] != doc_index and normalise(pool[j][1]) != normalise(answer)}
+    if len(sampled) < 3:
+        return None
+    return sorted(sorted(sampled), key=lambda s: abs(len(s) - len(answer)))[:3]
+
+
+def build_mc_items(domain: str, test_docs: Sequence[str], n_items: int, seed: int) -> list[McItem]:
+    """Up to ``n_items`` items: one cut per test doc per round, more rounds while items are short."""
+    rng = random.Random(f"{seed}:{domain}:mc")
+    cuts = [_CUTS[domain](doc, rng) for doc in test_docs]
+    pool = [(i, answer) for i, doc_cuts in enumerate(cuts) for _, answer, _ in doc_cuts]
+    items: list[McItem] = []
+    seen: set[tuple[str, str]] = set()  # topics repeat passages (e.g. assignment and augassign)
+    while len(items) < n_items and any(cuts):
+        for i, doc_cuts in enumerate(cuts):
+            if not doc_cuts or len(items) >= n_items:
+                continue
+            context, answer, wrong = doc_cuts.pop(rng.randrange(len(doc_cuts)))
+            wrong = wrong or _length_matched(answer, pool, i, rng)
+            if wrong is None or len({answer, *wrong}) < 4 or (context, answer) in seen:
+                continue
+            seen.add((context, answer))
+            choices = [answer, *wrong]
+            rng.shuffle(choices)
+            items.append({"context": context, "choices": choices, "label": choices.index(answer)})
+    return items

@@ -1,0 +1,383 @@
+"""Build the demo world into the kdh home: data files, tokenizer, teacher, student, and a manifest.
+
+Built once per recipe: ``ensure_world`` compares the recipe hash and the corpus fingerprint with the
+world's ``world.json`` and returns at once when they match. A build goes into a temporary sibling
+folder, writes ``world.json`` last and is then renamed into place, under a file lock, so a
+half-built world is never visible at the final path and two first builds do not collide.
+
+torch and transformers are imported inside the functions that need them, so the cached path (and
+``import harness.demo``) stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.demo.corpus import DOMAINS, build_corpus, build_mc_items, corpus_fingerprint
+from harness.home import configure_environment
+
+RECIPE_VERSION = 1  # bump when code changes what a recipe builds
+EOT = "<|endoftext|>"
+
+_UNIFORM = {domain: 0.25 for domain in DOMAINS}
+# The student mostly sees code and prose: it lags the teacher a little there and a lot on
+# arithmetic and records, the uneven gap that the DDK distiller exists to close.
+_LOPSIDED = {"code": 0.48, "prose": 0.48, "arithmetic": 0.02, "records": 0.02}
+_TRAINING = {"batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 30, "weight_decay": 0.1, "grad_clip": 1.0}
+
+RECIPES: dict[str, dict] = {
+    "default": {
+        "corpus": {"seed": 1234, "code_bytes": 1_600_000, "prose_bytes": 1_000_000, "arithmetic_docs": 2000,
+                   "records_docs": 1400, "split_fractions": {"validation": 0.1, "test": 0.2}},
+        "mc_items": 300,
+        "vocab_size": 1024,
+        "block_size": 256,
+        "teacher": {"layers": 4, "width": 192, "heads": 6, "ffn": 512, "steps": 700, "seed": 1,
+                    "mixture": _UNIFORM, **_TRAINING},
+        "student": {"layers": 2, "width": 64, "heads": 4, "ffn": 192, "steps": 700, "seed": 2,
+                    "mixture": _LOPSIDED, **_TRAINING},
+        "eval_mc_items": 100,  # per domain, for the manifest; the suite scores the full files
+    },
+    "tiny": {
+        "corpus": {"seed": 1234, "code_bytes": 60_000, "prose_bytes": 40_000, "arithmetic_docs": 150,
+                   "records_docs": 80, "split_fractions": {"validation": 0.1, "test": 0.2}},
+        "mc_items": 20,
+        "vocab_size": 384,
+        "block_size": 64,
+        "teacher": {"layers": 2, "width": 48, "heads": 4, "ffn": 128, "steps": 40, "seed": 1,
+                    "mixture": _UNIFORM, **_TRAINING, "batch_size": 8, "warmup_steps": 5},
+        "student": {"layers": 1, "width": 16, "heads": 2, "ffn": 48, "steps": 40, "seed": 2,
+                    "mixture": _LOPSIDED, **_TRAINING, "batch_size": 8, "warmup_steps": 5},
+        "eval_mc_items": 10,
+    },
+}
+
+
+@dataclass(frozen=True)
+class World:
+    root: Path
+    size: str
+    data_dir: Path
+    tokenizer_dir: Path
+    teacher_dir: Path
+    student_dir: Path
+    manifest: dict = field(compare=False, repr=False)
+
+    def domain_file(self, domain: str, name: str) -> Path:
+        return self.data_dir / domain / name
+
+    @classmethod
+    def at(cls, root: Path, size: str, manifest: dict) -> "World":
+        return cls(root, size, root / "data", root / "tokenizer", root / "teacher", root / "student", manifest)
+
+
+def world_recipe(size: str) -> dict:
+    if size not in RECIPES:
+        raise ValueError(f"unknown demo world size {size!r}; allowed sizes: {', '.join(RECIPES)}")
+    return RECIPES[size]
+
+
+def recipe_hash(recipe: dict) -> str:
+    text = json.dumps({"recipe_version": RECIPE_VERSION, "recipe": recipe}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def ensure_world(home: Path, size: str = "default", progress: bool = True) -> World:
+    """The demo world of ``size`` under ``home/demo/size``, built first if missing or stale."""
+    recipe = world_recipe(size)
+    want = {"recipe_hash": recipe_hash(recipe), "corpus_fingerprint": None}
+    corpus = build_corpus(recipe["corpus"])  # cheap, and the stdlib differs between Pythons
+    want["corpus_fingerprint"] = corpus_fingerprint(corpus)
+    demo_dir = Path(home) / "demo"
+    root = demo_dir / size
+    if (world := _current(root, size, want)) is not None:
+        return world
+    demo_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(demo_dir / f".{size}.lock"):
+        if (world := _current(root, size, want)) is not None:  # another process built it meanwhile
+            return world
+        for stale in demo_dir.glob(f".{size}.building-*"):  # left by a killed build; we hold the lock
+            shutil.rmtree(stale, ignore_errors=True)
+        building = Path(tempfile.mkdtemp(prefix=f".{size}.building-", dir=demo_dir))
+        try:
+            manifest = {"size": size, "recipe": recipe, **want}
+            manifest.update(_build(building, recipe, corpus, progress))
+            (building / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")  # last: marks it complete
+            if root.exists():
+                retired = demo_dir / f".{size}.old-{os.getpid()}"
+                os.rename(root, retired)
+                os.rename(building, root)
+                shutil.rmtree(retired, ignore_errors=True)
+            else:
+                os.rename(building, root)
+        except BaseException:
+            shutil.rmtree(building, ignore_errors=True)
+            raise
+        return World.at(root, size, manifest)
+
+
+def _current(root: Path, size: str, want: dict) -> World | None:
+    try:
+        manifest = json.loads((root / "world.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if all(manifest.get(key) == value for key, value in want.items()):
+        return World.at(root, size, manifest)
+    return None
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(f"[kdh demo] {message}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# the build, top to bottom
+
+
+def _build(root: Path, recipe: dict, corpus: dict, progress: bool) -> dict:
+    configure_environment()
+    import torch
+
+    started = time.time()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # all cores we may use; restored below
+    try:
+        _say(progress, f"building the demo world in {root.parent} (once per recipe)")
+        mc = {d: build_mc_items(d, corpus[d]["test"], recipe["mc_items"], recipe["corpus"]["seed"]) for d in DOMAINS}
+        domains = write_data(root / "data", corpus, mc)
+
+        tokenizer = train_tokenizer(corpus, recipe["vocab_size"], recipe["block_size"])
+        tokenizer.save_pretrained(root / "tokenizer")
+        train_streams = {d: encode_stream(tokenizer, corpus[d]["train"]) for d in DOMAINS}
+
+        training, models = {}, {}
+        for name in ("teacher", "student"):
+            model = make_model(recipe[name], tokenizer, recipe["block_size"])
+            training[name] = train_model(model, train_streams, recipe[name], recipe["block_size"], name, progress)
+            model.save_pretrained(root / name, safe_serialization=True)
+            tokenizer.save_pretrained(root / name)  # each model folder is self-contained
+            models[name] = model
+
+        _say(progress, "measuring held-out bits per byte and multiple-choice accuracy")
+        evaluation = {"test_bpb": {}, "mc_acc": {}, "mc_acc_norm": {}, "mc_items_scored": recipe["eval_mc_items"]}
+        for name, model in models.items():
+            evaluation["test_bpb"][name] = {d: round(bits_per_byte(model, tokenizer, corpus[d]["test"], recipe["block_size"]), 4) for d in DOMAINS}
+            scored = {d: mc_accuracy(model, tokenizer, mc[d][: recipe["eval_mc_items"]], recipe["block_size"]) for d in DOMAINS}
+            evaluation["mc_acc"][name] = {d: round(acc, 4) for d, (acc, _) in scored.items()}
+            evaluation["mc_acc_norm"][name] = {d: round(acc_norm, 4) for d, (_, acc_norm) in scored.items()}
+    finally:
+        torch.set_num_threads(threads)
+    seconds = round(time.time() - started, 1)
+    _say(progress, f"demo world built in {seconds} s")
+    return {"domains": domains, "training": training, "evaluation": evaluation, "build_seconds": seconds,
+            "built_with": {"python": platform.python_version(), "torch": torch.__version__}}
+
+
+def write_data(data_dir: Path, corpus: dict, mc: dict) -> dict:
+    files = {"train.jsonl": "train", "validation.jsonl": "validation", "test_ppl.jsonl": "test"}
+    summary = {}
+    for domain in DOMAINS:
+        folder = data_dir / domain
+        folder.mkdir(parents=True)
+        for filename, split in files.items():
+            _write_jsonl(folder / filename, ({"text": doc} for doc in corpus[domain][split]))
+        _write_jsonl(folder / "test_mc.jsonl", mc[domain])
+        summary[domain] = {split: {"docs": len(docs), "bytes": sum(len(d.encode()) for d in docs)}
+                           for split, docs in corpus[domain].items()}
+        summary[domain]["test_mc"] = {"items": len(mc[domain])}
+    return summary
+
+
+def _write_jsonl(path: Path, rows) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def train_tokenizer(corpus: dict, vocab_size: int, block_size: int):
+    """Byte-level BPE on the train split of every domain. Digits are split one by one (as Llama
+    does) so that arithmetic is learnable by a small model rather than a lookup of number tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator((doc for d in DOMAINS for doc in corpus[d]["train"]), trainer)
+    # one token is bos, eos and pad: lm-eval's rolling loglikelihood starts each window from it
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT, pad_token=EOT,
+                                   model_max_length=block_size)
+
+
+def encode_stream(tokenizer, docs: list[str]):
+    """One long token stream per domain, documents separated by EOT, as in GPT pretraining."""
+    import torch
+
+    ids: list[int] = []
+    for encoded in _encode(tokenizer, docs):
+        ids += [tokenizer.eos_token_id, *encoded]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids without special tokens; the Rust tokenizer directly, since whole documents are
+    longer than the model window (the wrapper would warn about each one)."""
+    return [e.ids for e in tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+
+def make_model(hp: dict, tokenizer, block_size: int):
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    eot = tokenizer.eos_token_id
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hp["width"], intermediate_size=hp["ffn"],
+                         num_hidden_layers=hp["layers"], num_attention_heads=hp["heads"],
+                         num_key_value_heads=hp["heads"], max_position_embeddings=block_size,
+                         tie_word_embeddings=True, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+    torch.manual_seed(hp["seed"])
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+    return model
+
+
+def train_model(model, streams: dict, hp: dict, block_size: int, desc: str, progress: bool) -> dict:
+    """AdamW, linear warmup then cosine decay, gradient clipping; each row of a batch is a random
+    window from a domain drawn from the model's mixture."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(hp["seed"])
+    domains = [d for d in DOMAINS if hp["mixture"][d] > 0]
+    weights = torch.tensor([hp["mixture"][d] for d in domains], dtype=torch.float)
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices decay; norms do not
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp["weight_decay"]},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=hp["lr"], betas=(0.9, 0.95))
+
+    def lr_at(step: int) -> float:
+        if step < hp["warmup_steps"]:
+            return hp["lr"] * (step + 1) / hp["warmup_steps"]
+        progress_ = (step - hp["warmup_steps"]) / max(1, hp["steps"] - hp["warmup_steps"])
+        return hp["min_lr"] + 0.5 * (hp["lr"] - hp["min_lr"]) * (1 + math.cos(math.pi * progress_))
+
+    model.train()
+    started, tokens, smooth_loss = time.time(), 0, None
+    bar = tqdm(range(hp["steps"]), desc=desc, disable=not progress, leave=True, dynamic_ncols=True)
+    for step in bar:
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        rows = torch.multinomial(weights, hp["batch_size"], replacement=True, generator=generator)
+        windows = []
+        for row in rows.tolist():
+            stream = streams[domains[row]]
+            start = torch.randint(0, len(stream) - block_size - 1, (1,), generator=generator).item()
+            windows.append(stream[start : start + block_size + 1])
+        batch = torch.stack(windows)
+        inputs, targets = batch[:, :-1], batch[:, 1:]
+
+        logits = model(input_ids=inputs).logits
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hp["grad_clip"])
+        optimizer.step()
+
+        tokens += inputs.numel()
+        smooth_loss = loss.item() if smooth_loss is None else 0.9 * smooth_loss + 0.1 * loss.item()
+        bar.set_postfix(loss=f"{smooth_loss:.3f}", tok_s=f"{tokens / (time.time() - started):.0f}")
+    bar.close()
+    model.eval()
+    total = sum(p.numel() for p in model.parameters())
+    embedding = model.get_input_embeddings().weight.numel()
+    return {"params": total, "non_embedding_params": total - embedding, "steps": hp["steps"], "tokens": tokens,
+            "final_loss": round(smooth_loss, 4), "seconds": round(time.time() - started, 1)}
+
+
+# ---------------------------------------------------------------------------------------------
+# the build's own checks, in plain torch, scored the way lm-eval scores them
+
+
+def bits_per_byte(model, tokenizer, texts: list[str], block_size: int, batch_size: int = 16) -> float:
+    """Sum of token NLL over total UTF-8 bytes, in bits. Each text is scored in disjoint windows of
+    ``block_size`` predictions, the first predicted from EOT, as lm-eval's loglikelihood_rolling does."""
+    windows = []
+    for ids in _encode(tokenizer, texts):
+        ids = [tokenizer.eos_token_id, *ids]
+        for start in range(1, len(ids), block_size):
+            targets = ids[start : start + block_size]
+            windows.append((ids[start - 1 : start - 1 + len(targets)], targets, len(targets)))
+    nats = _sum_logprob(model, windows, batch_size)
+    return -nats / math.log(2) / sum(len(t.encode("utf-8")) for t in texts)
+
+
+def mc_accuracy(model, tokenizer, items: list[dict], block_size: int, batch_size: int = 32) -> tuple[float, float]:
+    """(acc, acc_norm): the choice with the highest summed log-likelihood after its context, and
+    the same per character of the choice."""
+    if not items:
+        return float("nan"), float("nan")
+    windows = []
+    for item in items:
+        context = item["context"]
+        trailing = len(context) - len(context.rstrip())  # lm-eval moves trailing space to the choice
+        for choice in item["choices"]:
+            head, tail = (context[:-trailing], context[-trailing:] + choice) if trailing else (context, choice)
+            head_ids, whole = _encode(tokenizer, [head, head + tail])
+            ids = whole[-(block_size + 1):]
+            n_tail = min(len(whole) - len(head_ids), len(ids) - 1)  # a choice longer than the window
+            windows.append((ids[:-1], ids[-n_tail:], n_tail))
+    scores = _sum_logprob(model, windows, batch_size, per_window=True)
+    acc = acc_norm = 0
+    for i, item in enumerate(items):
+        ll = scores[4 * i : 4 * i + 4]
+        acc += max(range(4), key=lambda c: ll[c]) == item["label"]
+        acc_norm += max(range(4), key=lambda c: ll[c] / len(item["choices"][c])) == item["label"]
+    return acc / len(items), acc_norm / len(items)
+
+
+def _sum_logprob(model, windows, batch_size: int, per_window: bool = False):
+    """Log-probability of each window's last ``n`` targets given its inputs (targets are the
+    inputs shifted by one); batched by length, right-padded."""
+    import torch
+
+    order = sorted(range(len(windows)), key=lambda i: len(windows[i][0]))
+    results = [0.0] * len(windows)
+    with torch.no_grad():
+        for chunk_start in range(0, len(order), batch_size):
+            chunk = order[chunk_start : chunk_start + batch_size]
+            width = max(len(windows[i][0]) for i in chunk)
+            inputs = torch.zeros(len(chunk), width, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                inputs[row, : len(windows[i][0])] = torch.tensor(windows[i][0])
+            logprobs = torch.log_softmax(model(input_ids=inputs).logits.float(), dim=-1)
+            for row, i in enumerate(chunk):
+                given, targets, n = windows[i]
+                positions = torch.arange(len(given) - n, len(given))
+                results[i] = logprobs[row, positions, torch.tensor(targets[-n:])].sum().item()
+    return results if per_window else sum(results)
