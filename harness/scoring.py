@@ -129,6 +129,12 @@ def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = Scorin
                         torch_random_seed=options.seed, fewshot_random_seed=options.seed,
                         confirm_run_unsafe_code=options.allow_code,
                     )
+                except AssertionError as err:  # lm-eval's internal checks carry no message
+                    raise RuntimeFailure(
+                        f"model '{ref.name}': lm-eval stopped on an internal check ({err or 'no message'}) while "
+                        f"scoring {', '.join(f'{d.name}/{s.name}' for d, s in members)}. The usual cause is a "
+                        f"choice or continuation longer than the model's context ({lm.max_length} tokens): "
+                        "shorten those items, or score a model with a longer context") from None
                 except KeyError as err:  # lm-eval's way of saying a task name is unknown
                     raise BadInput(f"suite {suite.path}: lm-eval does not know the task {err}; "
                                    "check the slice's `task:` (built-in names: `lm-eval ls tasks`)") from None

@@ -73,7 +73,8 @@ def test_mlflow_holds_a_parent_run_and_a_nested_run_per_model(evaluated):
     rows = card.rows.query("model == 'student' and slice == 'ppl' and metric == 'bits_per_byte'")
     for row in rows.itertuples():
         assert student[f"metrics.{row.domain}/ppl/bits_per_byte"] == pytest.approx(row.value)
-    table = mlflow.load_table("tables/scorecard.json", run_ids=[parents["run_id"].iloc[0]])
+    table = mlflow.MlflowClient().load_table(parents["experiment_id"].iloc[0], "tables/scorecard.json",
+                                             run_ids=[parents["run_id"].iloc[0]])
     assert len(table) == len(card.rows)
 
 

@@ -1,9 +1,10 @@
 """Build the demo world into the kdh home: data files, tokenizer, teacher, student, and a manifest.
 
-Built once per recipe: ``ensure_world`` compares the recipe hash and the corpus fingerprint with the
-world's ``world.json`` and returns at once when they match. A build goes into a temporary sibling
-folder, writes ``world.json`` last and is then renamed into place, under a file lock, so a
-half-built world is never visible at the final path and two first builds do not collide.
+Built once per recipe: ``ensure_world`` compares the recipe hash and the fingerprints of the corpus
+and of the test items with the world's ``world.json`` and returns at once when they match. A build
+goes into a temporary sibling folder, writes ``world.json`` last and is then renamed into place,
+under a file lock, so a half-built world is never visible at the final path and two first builds
+do not collide.
 
 torch and transformers are imported inside the functions that need them, so the cached path (and
 ``import harness.demo``) stays fast.
@@ -31,11 +32,11 @@ from harness.home import configure_environment
 RECIPE_VERSION = 1  # bump when code changes what a recipe builds
 EOT = "<|endoftext|>"
 
-_UNIFORM = {domain: 0.25 for domain in DOMAINS}
+_NATURAL = "natural"  # in proportion to each domain's train tokens
 # The student mostly sees code and prose: it lags the teacher a little there and a lot on
 # arithmetic and records, the uneven gap that the DDK distiller exists to close.
-_LOPSIDED = {"code": 0.48, "prose": 0.48, "arithmetic": 0.02, "records": 0.02}
-_TRAINING = {"batch_size": 16, "lr": 2e-3, "min_lr": 2e-4, "warmup_steps": 30, "weight_decay": 0.1, "grad_clip": 1.0}
+_LOPSIDED = {"code": 0.46, "prose": 0.46, "arithmetic": 0.04, "records": 0.04}
+_TRAINING = {"batch_size": 16, "lr": 4e-3, "min_lr": 4e-4, "warmup_steps": 30, "weight_decay": 0.1, "grad_clip": 1.0}
 
 RECIPES: dict[str, dict] = {
     "default": {
@@ -44,9 +45,9 @@ RECIPES: dict[str, dict] = {
         "mc_items": 300,
         "vocab_size": 1024,
         "block_size": 256,
-        "teacher": {"layers": 4, "width": 192, "heads": 6, "ffn": 512, "steps": 700, "seed": 1,
-                    "mixture": _UNIFORM, **_TRAINING},
-        "student": {"layers": 2, "width": 64, "heads": 4, "ffn": 192, "steps": 700, "seed": 2,
+        "teacher": {"layers": 4, "width": 128, "heads": 4, "ffn": 384, "steps": 420, "seed": 1,
+                    "mixture": _NATURAL, **_TRAINING},
+        "student": {"layers": 2, "width": 64, "heads": 4, "ffn": 192, "steps": 200, "seed": 2,
                     "mixture": _LOPSIDED, **_TRAINING},
         "eval_mc_items": 100,  # per domain, for the manifest; the suite scores the full files
     },
@@ -55,9 +56,9 @@ RECIPES: dict[str, dict] = {
                    "records_docs": 80, "split_fractions": {"validation": 0.1, "test": 0.2}},
         "mc_items": 20,
         "vocab_size": 384,
-        "block_size": 64,
+        "block_size": 128,  # lm-eval refuses a choice longer than the model's context
         "teacher": {"layers": 2, "width": 48, "heads": 4, "ffn": 128, "steps": 40, "seed": 1,
-                    "mixture": _UNIFORM, **_TRAINING, "batch_size": 8, "warmup_steps": 5},
+                    "mixture": _NATURAL, **_TRAINING, "batch_size": 8, "warmup_steps": 5},
         "student": {"layers": 1, "width": 16, "heads": 2, "ffn": 48, "steps": 40, "seed": 2,
                     "mixture": _LOPSIDED, **_TRAINING, "batch_size": 8, "warmup_steps": 5},
         "eval_mc_items": 10,
@@ -97,9 +98,11 @@ def recipe_hash(recipe: dict) -> str:
 def ensure_world(home: Path, size: str = "default", progress: bool = True) -> World:
     """The demo world of ``size`` under ``home/demo/size``, built first if missing or stale."""
     recipe = world_recipe(size)
-    want = {"recipe_hash": recipe_hash(recipe), "corpus_fingerprint": None}
     corpus = build_corpus(recipe["corpus"])  # cheap, and the stdlib differs between Pythons
-    want["corpus_fingerprint"] = corpus_fingerprint(corpus)
+    seed = recipe["corpus"]["seed"]
+    mc = {d: build_mc_items(d, corpus[d]["test"], recipe["mc_items"], seed) for d in DOMAINS}
+    want = {"recipe_hash": recipe_hash(recipe), "corpus_fingerprint": corpus_fingerprint(corpus),
+            "mc_fingerprint": hashlib.sha256(json.dumps(mc, sort_keys=True).encode()).hexdigest()}
     demo_dir = Path(home) / "demo"
     root = demo_dir / size
     if (world := _current(root, size, want)) is not None:
@@ -111,9 +114,10 @@ def ensure_world(home: Path, size: str = "default", progress: bool = True) -> Wo
         for stale in demo_dir.glob(f".{size}.building-*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
         building = Path(tempfile.mkdtemp(prefix=f".{size}.building-", dir=demo_dir))
+        building.chmod(0o755)  # mkdtemp's 0o700 would follow the world to its final path
         try:
             manifest = {"size": size, "recipe": recipe, **want}
-            manifest.update(_build(building, recipe, corpus, progress))
+            manifest.update(_build(building, recipe, corpus, mc, progress))
             (building / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")  # last: marks it complete
             if root.exists():
                 retired = demo_dir / f".{size}.old-{os.getpid()}"
@@ -133,8 +137,10 @@ def _current(root: Path, size: str, want: dict) -> World | None:
         manifest = json.loads((root / "world.json").read_text())
     except (OSError, ValueError):
         return None
-    if all(manifest.get(key) == value for key, value in want.items()):
-        return World.at(root, size, manifest)
+    world = World.at(root, size, manifest)
+    complete = all((folder / "model.safetensors").is_file() for folder in (world.teacher_dir, world.student_dir))
+    if complete and all(manifest.get(key) == value for key, value in want.items()):
+        return world
     return None
 
 
@@ -157,16 +163,19 @@ def _say(progress: bool, message: str) -> None:
 # the build, top to bottom
 
 
-def _build(root: Path, recipe: dict, corpus: dict, progress: bool) -> dict:
+def _build(root: Path, recipe: dict, corpus: dict, mc: dict, progress: bool) -> dict:
     configure_environment()
     import torch
+    from transformers.utils import logging as hf_logging
 
     started = time.time()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(len(os.sched_getaffinity(0)))  # all cores we may use; restored below
+    threads, hf_bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()  # save_pretrained's own bars; restored below
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(cores)  # all the cores this process may use; restored below
     try:
         _say(progress, f"building the demo world in {root.parent} (once per recipe)")
-        mc = {d: build_mc_items(d, corpus[d]["test"], recipe["mc_items"], recipe["corpus"]["seed"]) for d in DOMAINS}
         domains = write_data(root / "data", corpus, mc)
 
         tokenizer = train_tokenizer(corpus, recipe["vocab_size"], recipe["block_size"])
@@ -182,18 +191,31 @@ def _build(root: Path, recipe: dict, corpus: dict, progress: bool) -> dict:
             models[name] = model
 
         _say(progress, "measuring held-out bits per byte and multiple-choice accuracy")
-        evaluation = {"test_bpb": {}, "mc_acc": {}, "mc_acc_norm": {}, "mc_items_scored": recipe["eval_mc_items"]}
-        for name, model in models.items():
-            evaluation["test_bpb"][name] = {d: round(bits_per_byte(model, tokenizer, corpus[d]["test"], recipe["block_size"]), 4) for d in DOMAINS}
-            scored = {d: mc_accuracy(model, tokenizer, mc[d][: recipe["eval_mc_items"]], recipe["block_size"]) for d in DOMAINS}
-            evaluation["mc_acc"][name] = {d: round(acc, 4) for d, (acc, _) in scored.items()}
-            evaluation["mc_acc_norm"][name] = {d: round(acc_norm, 4) for d, (_, acc_norm) in scored.items()}
+        evaluation = evaluate_models(models, tokenizer, corpus, mc, recipe)
     finally:
         torch.set_num_threads(threads)
+        if hf_bars:
+            hf_logging.enable_progress_bar()
     seconds = round(time.time() - started, 1)
+    bpb = evaluation["test_bpb"]
+    _say(progress, "held-out bits per byte, teacher vs student: " + ", ".join(
+        f"{d} {bpb['teacher'][d]:.2f} vs {bpb['student'][d]:.2f}" for d in DOMAINS))
     _say(progress, f"demo world built in {seconds} s")
     return {"domains": domains, "training": training, "evaluation": evaluation, "build_seconds": seconds,
             "built_with": {"python": platform.python_version(), "torch": torch.__version__}}
+
+
+def evaluate_models(models: dict, tokenizer, corpus: dict, mc: dict, recipe: dict) -> dict:
+    """Bits per byte on every held-out document, and accuracy on the first MC items, per domain."""
+    block, n_items = recipe["block_size"], recipe["eval_mc_items"]
+    evaluation = {"test_bpb": {}, "mc_acc": {}, "mc_acc_norm": {}, "mc_items_scored": n_items}
+    for name, model in models.items():
+        evaluation["test_bpb"][name] = {d: round(bits_per_byte(model, tokenizer, corpus[d]["test"], block), 4)
+                                        for d in DOMAINS}
+        scored = {d: mc_accuracy(model, tokenizer, mc[d][:n_items], block) for d in DOMAINS}
+        evaluation["mc_acc"][name] = {d: round(acc, 4) for d, (acc, _) in scored.items()}
+        evaluation["mc_acc_norm"][name] = {d: round(acc_norm, 4) for d, (_, acc_norm) in scored.items()}
+    return evaluation
 
 
 def write_data(data_dir: Path, corpus: dict, mc: dict) -> dict:
@@ -274,8 +296,9 @@ def train_model(model, streams: dict, hp: dict, block_size: int, desc: str, prog
     from tqdm.auto import tqdm
 
     generator = torch.Generator().manual_seed(hp["seed"])
-    domains = [d for d in DOMAINS if hp["mixture"][d] > 0]
-    weights = torch.tensor([hp["mixture"][d] for d in domains], dtype=torch.float)
+    mixture = {d: len(streams[d]) for d in DOMAINS} if hp["mixture"] == _NATURAL else hp["mixture"]
+    domains = [d for d in DOMAINS if mixture[d] > 0]
+    weights = torch.tensor([mixture[d] for d in domains], dtype=torch.float)
     decay = [p for p in model.parameters() if p.dim() >= 2]  # matrices decay; norms do not
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp["weight_decay"]},
@@ -289,7 +312,8 @@ def train_model(model, streams: dict, hp: dict, block_size: int, desc: str, prog
 
     model.train()
     started, tokens, smooth_loss = time.time(), 0, None
-    bar = tqdm(range(hp["steps"]), desc=desc, disable=not progress, leave=True, dynamic_ncols=True)
+    bar = tqdm(range(hp["steps"]), desc=desc, disable=not progress, leave=True, dynamic_ncols=True,
+               mininterval=0.1 if sys.stderr.isatty() else 15)  # a CI log gets a line now and then
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
@@ -317,6 +341,7 @@ def train_model(model, streams: dict, hp: dict, block_size: int, desc: str, prog
     total = sum(p.numel() for p in model.parameters())
     embedding = model.get_input_embeddings().weight.numel()
     return {"params": total, "non_embedding_params": total - embedding, "steps": hp["steps"], "tokens": tokens,
+            "mixture": {d: round(float(w / weights.sum()), 4) for d, w in zip(domains, weights)},
             "final_loss": round(smooth_loss, 4), "seconds": round(time.time() - started, 1)}
 
 
@@ -325,14 +350,15 @@ def train_model(model, streams: dict, hp: dict, block_size: int, desc: str, prog
 
 
 def bits_per_byte(model, tokenizer, texts: list[str], block_size: int, batch_size: int = 16) -> float:
-    """Sum of token NLL over total UTF-8 bytes, in bits. Each text is scored in disjoint windows of
-    ``block_size`` predictions, the first predicted from EOT, as lm-eval's loglikelihood_rolling does."""
+    """Sum of token NLL over total UTF-8 bytes, in bits, windowed as lm-eval's loglikelihood_rolling
+    does: each token is predicted once, the first from EOT; a window predicts up to ``block_size``
+    tokens and sees as much of the text before them as fits in the model."""
     windows = []
     for ids in _encode(tokenizer, texts):
         ids = [tokenizer.eos_token_id, *ids]
         for start in range(1, len(ids), block_size):
-            targets = ids[start : start + block_size]
-            windows.append((ids[start - 1 : start - 1 + len(targets)], targets, len(targets)))
+            end = min(start + block_size, len(ids))
+            windows.append((ids[max(0, end - 1 - block_size) : end - 1], ids[start:end], end - start))
     nats = _sum_logprob(model, windows, batch_size)
     return -nats / math.log(2) / sum(len(t.encode("utf-8")) for t in texts)
 

@@ -37,14 +37,10 @@ def normalise(text: str) -> str:
 
 
 def dedupe(docs: Sequence[str]) -> list[str]:
-    seen: set[str] = set()
-    kept = []
+    first = {}
     for doc in docs:
-        key = normalise(doc)
-        if key and key not in seen:
-            seen.add(key)
-            kept.append(doc)
-    return kept
+        first.setdefault(normalise(doc), doc)
+    return [doc for key, doc in first.items() if key]
 
 
 def _unit_hash(*parts: object) -> float:
@@ -57,8 +53,7 @@ def assign_splits(domain: str, docs: Sequence[str], seed: int, fractions: Mappin
     """Split by a seeded hash of the normalised content, so a document's split never depends on
     what else is in the corpus (adding a file does not reshuffle the others)."""
     splits: dict[str, list[str]] = {name: [] for name in SPLITS}
-    test_cut = fractions["test"]
-    validation_cut = test_cut + fractions["validation"]
+    test_cut, validation_cut = fractions["test"], fractions["test"] + fractions["validation"]
     for doc in dedupe(docs):
         u = _unit_hash(seed, domain, normalise(doc))
         splits["test" if u < test_cut else "validation" if u < validation_cut else "train"].append(doc)
@@ -75,9 +70,8 @@ def check_splits_disjoint(corpus: Mapping[str, Mapping[str, Sequence[str]]]) -> 
                 other = first_seen.setdefault(key, split)
                 if other != split:
                     example = key[:80] + ("..." if len(key) > 80 else "")
-                    raise SplitOverlapError(
-                        f"domain {domain!r}: a document is in both the {other!r} and {split!r} splits: {example!r}"
-                    )
+                    raise SplitOverlapError(f"domain {domain!r}: a document is in both the {other!r} and "
+                                            f"{split!r} splits: {example!r}")
 
 
 def corpus_fingerprint(corpus: Mapping[str, Mapping[str, Sequence[str]]]) -> str:
@@ -105,7 +99,8 @@ def stdlib_files(seed: int) -> list[tuple[str, Path]]:
     for folder, subfolders, names in os.walk(root):
         subfolders[:] = sorted(d for d in subfolders if d not in _SKIPPED_DIRS)  # prune, don't descend
         rel = os.path.relpath(folder, root).replace(os.sep, "/")
-        files += [(name if rel == "." else f"{rel}/{name}", Path(folder, name)) for name in names if name.endswith(".py")]
+        files += [(name if rel == "." else f"{rel}/{name}", Path(folder, name))
+                  for name in names if name.endswith(".py")]
     return sorted(files, key=lambda item: (_unit_hash(seed, "file", item[0]), item[0]))
 
 
@@ -155,9 +150,16 @@ def reflow_paragraphs(text: str) -> list[str]:
     return paragraphs
 
 
-def pack(paragraphs: Sequence[str], target_chars: int) -> list[str]:
+def pack(paragraphs: Sequence[str], target_chars: int, seen: set[str]) -> list[str]:
+    """Group paragraphs into documents of about ``target_chars``, skipping paragraphs already in
+    ``seen``: the reference topics repeat whole passages (``specialnames`` holds most of the data
+    model), and a repeated passage would put test text into training and memorised distractors
+    into the multiple-choice items."""
     docs, current = [], []
     for paragraph in paragraphs:
+        if (key := normalise(paragraph)) in seen:
+            continue
+        seen.add(key)
         current.append(paragraph)
         if sum(len(p) for p in current) >= target_chars:
             docs.append("\n\n".join(current))
@@ -168,16 +170,17 @@ def pack(paragraphs: Sequence[str], target_chars: int) -> list[str]:
 
 
 _DOCSTRING = re.compile(r'^[ \t]*[rR]?"""(.*?)"""', re.MULTILINE | re.DOTALL)
+_NOT_WORDS = re.compile(r"[^\w\s]|[\d_]")
 
 
 def prose_documents(budget_bytes: int, seed: int, avoid_files: set[str], target_chars: int = 700) -> list[str]:
     """The language reference (pydoc_data.topics), then stdlib docstrings from files code did not use."""
     from pydoc_data.topics import topics
 
-    docs, total = [], 0
+    docs, total, seen = [], 0, set()
     for key in sorted(topics, key=lambda k: (_unit_hash(seed, "topic", k), k)):
         if total < budget_bytes:
-            new = pack(reflow_paragraphs(topics[key]), target_chars)
+            new = pack(reflow_paragraphs(topics[key]), target_chars, seen)
             docs += new
             total += sum(len(d.encode()) for d in new)
     for name, path in stdlib_files(seed + 1):
@@ -187,8 +190,8 @@ def prose_documents(budget_bytes: int, seed: int, avoid_files: set[str], target_
             continue
         for match in _DOCSTRING.finditer(path.read_text(encoding="utf-8", errors="replace")):
             text = inspect.cleandoc(match.group(1))
-            if len(text) >= 300 and sum(c.isalpha() or c.isspace() for c in text) > 0.8 * len(text):
-                new = pack(reflow_paragraphs(text), target_chars)
+            if len(text) >= 300 and len(_NOT_WORDS.sub("", text)) > 0.8 * len(text):  # prose, not tables
+                new = pack(reflow_paragraphs(text), target_chars, seen)
                 docs += new
                 total += sum(len(d.encode()) for d in new)
     return docs
@@ -244,12 +247,16 @@ CITY_COUNTRY = {"Lyon": "France", "Paris": "France", "Osaka": "Japan", "Kyoto": 
 PLAN_FEE = {"free": 0, "basic": 9, "pro": 29, "team": 99}
 PRODUCT_PRICE = {"widget": "2.50", "gadget": "12.00", "sprocket": "0.75", "gizmo": "7.25",
                  "bracket": "3.40", "valve": "18.60", "flange": "1.95", "hinge": "5.10"}
-SERVICE_MESSAGES = {
-    "auth": [("INFO", "user {n} logged in"), ("WARN", "password retry {k} for user {n}"), ("ERROR", "token signature invalid for user {n}")],
-    "db": [("INFO", "query ok in {k} ms"), ("WARN", "slow query took {n} ms"), ("ERROR", "connection pool exhausted ({k} waiting)")],
+SERVICE_MESSAGES = {  # level and message template, per service
+    "auth": [("INFO", "user {n} logged in"), ("WARN", "password retry {k} for user {n}"),
+             ("ERROR", "token signature invalid for user {n}")],
+    "db": [("INFO", "query ok in {k} ms"), ("WARN", "slow query took {n} ms"),
+           ("ERROR", "connection pool exhausted ({k} waiting)")],
     "cache": [("INFO", "hit ratio {k}%"), ("INFO", "evicted {n} keys"), ("WARN", "memory at {k}% of limit")],
-    "billing": [("INFO", "invoice {n} sent"), ("ERROR", "card declined for invoice {n}"), ("INFO", "refund issued for invoice {n}")],
-    "scheduler": [("INFO", "job {n} started"), ("INFO", "job {n} finished in {k} s"), ("ERROR", "job {n} missed its deadline")],
+    "billing": [("INFO", "invoice {n} sent"), ("ERROR", "card declined for invoice {n}"),
+                ("INFO", "refund issued for invoice {n}")],
+    "scheduler": [("INFO", "job {n} started"), ("INFO", "job {n} finished in {k} s"),
+                  ("ERROR", "job {n} missed its deadline")],
 }
 
 
@@ -258,20 +265,21 @@ def log_message(service: str, rng: random.Random) -> tuple[str, str]:
     return level, template.format(n=rng.randint(100, 9999), k=rng.randint(2, 99))
 
 
-def _email(first: str, last: str, domain: str) -> str:
-    return f"{first}.{last}@{domain}"
+def _date(rng: random.Random) -> str:
+    return f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}"
 
 
 def records_document(rng: random.Random) -> str:
-    kind, n = rng.randrange(3), rng.randint(5, 12)
+    """5-12 records of one kind: JSON users, CSV orders with a header, or log lines."""
+    kind, n, rows = rng.randrange(3), rng.randint(5, 12), []
     if kind == 0:
         start = rng.randint(1000, 9000)
-        rows = []
         for i in range(n):
-            first, last, city, plan = rng.choice(_FIRST), rng.choice(_LAST), rng.choice(list(CITY_COUNTRY)), rng.choice(list(PLAN_FEE))
+            first, last, city, plan = (rng.choice(_FIRST), rng.choice(_LAST), rng.choice(list(CITY_COUNTRY)),
+                                       rng.choice(list(PLAN_FEE)))
             rows.append(json.dumps({
                 "id": start + i, "name": f"{first.title()} {last.title()}",
-                "email": _email(first, last, rng.choice(_MAIL_DOMAINS)), "city": city,
+                "email": f"{first}.{last}@{rng.choice(_MAIL_DOMAINS)}", "city": city,
                 "country": CITY_COUNTRY[city], "plan": plan, "monthly_fee": PLAN_FEE[plan],
                 "active": rng.random() < 0.8}))
         return "\n".join(rows)
@@ -279,9 +287,9 @@ def records_document(rng: random.Random) -> str:
         order, rows = rng.randint(10000, 90000), ["order_id,date,product,quantity,unit_price"]
         for i in range(n):
             product = rng.choice(list(PRODUCT_PRICE))
-            rows.append(f"{order + i},2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d},{product},{rng.randint(1, 20)},{PRODUCT_PRICE[product]}")
+            rows.append(f"{order + i},{_date(rng)},{product},{rng.randint(1, 20)},{PRODUCT_PRICE[product]}")
         return "\n".join(rows)
-    day, seconds, rows = f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}", rng.randint(0, 80000), []
+    day, seconds = _date(rng), rng.randint(0, 80000)
     for _ in range(n):
         seconds += rng.randint(1, 300)
         service = rng.choice(list(SERVICE_MESSAGES))
@@ -338,11 +346,17 @@ def _sentence_cuts(doc: str, rng: random.Random) -> list[Cut]:
     return cuts
 
 
-def near_misses(value: int, rng: random.Random) -> list[str]:
-    """Wrong answers a sloppy model would give: off by one or two, off by ten, digits swapped."""
-    candidates = {value + 1, value - 1, value + 2, value - 2, value + 10, value - 10, int(str(value)[::-1])}
-    candidates = sorted(c for c in candidates if c >= 0 and c != value)
-    return [f" {c}" for c in rng.sample(candidates, 3)]
+def plausible_slips(question: str, value: int, rng: random.Random) -> list[str]:
+    """Wrong answers from plausible slips: the wrong operation on the same two numbers, or a
+    carry error of ten; off by one or two only when those run out. Off-by-one alone would ask a
+    demo-sized model for exact arithmetic, which neither model has, and the items would not tell
+    the teacher from the student."""
+    x, y = map(int, re.findall(r"\d+", question)[-2:])
+    slips = {x + y, abs(x - y), x * y, value + 10, value - 10}
+    slips = sorted(c for c in slips if c >= 0 and c != value)
+    if len(slips) < 3:
+        slips += [c for c in (value + 1, value + 2, value + 3) if c not in slips]
+    return [f" {c}" for c in rng.sample(slips, 3)]
 
 
 _ANSWER = re.compile(r"^(.*(?:A:|Answer:))( \d+)$")
@@ -353,8 +367,11 @@ def _arithmetic_cuts(doc: str, rng: random.Random) -> list[Cut]:
     for i, line in enumerate(lines):
         if match := _ANSWER.match(line):
             context = "\n".join(lines[:i] + [match.group(1)])
-            cuts.append((context, match.group(2), near_misses(int(match.group(2)), rng)))
+            cuts.append((context, match.group(2), plausible_slips(match.group(1), int(match.group(2)), rng)))
     return cuts
+
+
+_EMAIL_NAMES = [f"{first}.{last}" for first in _FIRST for last in _LAST]
 
 
 def _others(values, true, rng: random.Random, k: int = 3) -> list:
@@ -367,11 +384,9 @@ def _records_cuts(doc: str, rng: random.Random) -> list[Cut]:
         before = "\n".join(lines[:i]) + ("\n" if i else "")
         if line.startswith("{"):
             record = json.loads(line)
-            first, last = record["name"].lower().split()
-            domain = record["email"].split("@")[1]
-            names = [(f, l) for f in _FIRST for l in _LAST]
-            options = {
-                "email": [json.dumps(_email(f, l, domain)) for f, l in _others(names, (first, last), rng)],
+            name, domain = record["email"].split("@")
+            options = {  # wrong emails keep the mail domain: only the name tells them apart
+                "email": [json.dumps(f"{n}@{domain}") for n in _others(_EMAIL_NAMES, name, rng)],
                 "country": [json.dumps(c) for c in _others(CITY_COUNTRY.values(), record["country"], rng)],
                 "monthly_fee": [str(f) for f in _others(PLAN_FEE.values(), record["monthly_fee"], rng)],
             }
@@ -381,7 +396,8 @@ def _records_cuts(doc: str, rng: random.Random) -> list[Cut]:
                 cuts.append((before + line[:cut], " " + json.dumps(record[field]), [" " + w for w in wrong]))
         elif i > 0 and line.count(",") == 4:
             fields = line.split(",")
-            cuts.append((before + ",".join(fields[:4]) + ",", fields[4], _others(PRODUCT_PRICE.values(), fields[4], rng)))
+            wrong = _others(PRODUCT_PRICE.values(), fields[4], rng)
+            cuts.append((before + ",".join(fields[:4]) + ",", fields[4], wrong))
         elif match := re.match(r"^(.*?\[(\w+)\])( .*)$", line):
             services = _others(SERVICE_MESSAGES, match.group(2), rng)
             cuts.append((before + match.group(1), match.group(3), [" " + log_message(s, rng)[1] for s in services]))
@@ -408,7 +424,7 @@ def build_mc_items(domain: str, test_docs: Sequence[str], n_items: int, seed: in
     cuts = [_CUTS[domain](doc, rng) for doc in test_docs]
     pool = [(i, answer) for i, doc_cuts in enumerate(cuts) for _, answer, _ in doc_cuts]
     items: list[McItem] = []
-    seen: set[tuple[str, str]] = set()  # topics repeat passages (e.g. assignment and augassign)
+    seen: set[tuple[str, str]] = set()
     while len(items) < n_items and any(cuts):
         for i, doc_cuts in enumerate(cuts):
             if not doc_cuts or len(items) >= n_items:
