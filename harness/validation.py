@@ -86,7 +86,8 @@ def validate_scorecard(scorecard: Scorecard, suite: Suite) -> dict:
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # it chats at INFO on every run
+    # GX sets this logger to INFO itself and then announces a temporary folder on every run.
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
     frame = _frame(scorecard)
     context = gx.get_context(mode="ephemeral")
