@@ -12,6 +12,8 @@ _BAR_WIDTH = 24
 
 
 def _number(value) -> str:
+    if isinstance(value, (int,)) and not isinstance(value, bool):
+        return f"{value:,}"
     if isinstance(value, float):
         if math.isnan(value):
             return "—"
