@@ -44,6 +44,8 @@ def default_suite() -> Path:
 
 
 def cmd_demo(args) -> int:
+    from harness.report import table
+
     if args.size:
         os.environ["KDH_DEMO_SIZE"] = args.size
     started = time.perf_counter()
@@ -52,7 +54,23 @@ def cmd_demo(args) -> int:
     print(f"Demo world ({world.size}) at {world.root}  [{time.perf_counter() - started:.1f} s]")
     print(f"  recipe {manifest.get('recipe_hash', '?')[:12]} · corpus {manifest.get('corpus_fingerprint', '?')[:12]}")
     print(f"  teacher: {world.teacher_dir}\n  student: {world.student_dir}\n  tokenizer: {world.tokenizer_dir}")
+    print()
+    print(table(demo_summary(manifest)))
     return 0
+
+
+def demo_summary(manifest: dict):
+    """Per domain: documents per split and the build's held-out bits per byte of both models."""
+    import pandas as pd
+
+    bpb = manifest.get("evaluation", {}).get("test_bpb", {})
+    rows = []
+    for domain, splits in manifest.get("domains", {}).items():
+        rows.append({"domain": domain, **{f"{s} docs": splits[s]["docs"] for s in ("train", "validation", "test")},
+                     "mc items": splits.get("test_mc", {}).get("items", 0),
+                     "teacher bpb": bpb.get("teacher", {}).get(domain, float("nan")),
+                     "student bpb": bpb.get("student", {}).get(domain, float("nan"))})
+    return pd.DataFrame(rows)
 
 
 def cmd_suites_list(args) -> int:

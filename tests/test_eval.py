@@ -105,3 +105,11 @@ def test_bad_model_path_and_dead_server_are_bad_input(tiny_world, tmp_path, caps
     assert "/no/such/model does not exist" in capsys.readouterr().err
     assert main(["eval", "--tracking-uri", "http://127.0.0.1:9"]) == 2
     assert "http://127.0.0.1:9 does not answer" in capsys.readouterr().err
+
+
+def test_kdh_demo_shows_the_world_per_domain(tiny_world, capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    assert str(tiny_world.root) in out and "teacher bpb" in out
+    for domain in DOMAINS:
+        assert domain in out
