@@ -17,6 +17,7 @@ configure_environment()  # offline before transformers is imported
 
 from harness.demo import DOMAINS, SplitOverlapError, World, ensure_world  # noqa: E402
 from harness.demo import build, corpus  # noqa: E402
+from harness.demo.items import build_mc_items  # noqa: E402
 
 TINY = build.RECIPES["tiny"]
 
@@ -88,7 +89,7 @@ def test_mc_items_come_from_the_test_split_only(tiny_corpus):
     seed = TINY["corpus"]["seed"]
     for domain in DOMAINS:
         test_docs = tiny_corpus[domain]["test"]
-        items = corpus.build_mc_items(domain, test_docs, 15, seed)
+        items = build_mc_items(domain, test_docs, 15, seed)
         assert items, domain
         for item in items:
             # the context plus the true choice is literally the start of a held-out document

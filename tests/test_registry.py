@@ -37,7 +37,7 @@ def error_of(path, **kwargs) -> SuiteError:
 
 
 def test_a_valid_suite_loads_with_paths_resolved_against_the_suite_file(write_suite, tmp_path, monkeypatch):
-    path = write_suite(GOOD, data=DATA)
+    write_suite(GOOD, data=DATA)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)  # lm-eval alone would resolve data against the CWD

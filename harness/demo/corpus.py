@@ -1,7 +1,7 @@
-"""The demo world's text: four clearly different domains, their splits, and the test items.
+"""The demo world's text: four clearly different domains and their splits.
 
 Everything here is pure and deterministic for a seed: the same recipe on the same Python gives the
-same documents, splits and multiple-choice items, byte for byte. ``code`` and ``prose`` are read
+same documents and splits, byte for byte (test items: ``items.py``). ``code`` and ``prose`` are read
 from what every Python install carries (the stdlib's source, the language reference text in
 ``pydoc_data``); ``arithmetic`` and ``records`` are generated. No file is written here.
 """
@@ -16,7 +16,7 @@ import random
 import re
 import sysconfig
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 from harness.errors import RuntimeFailure
 
@@ -24,7 +24,6 @@ DOMAINS = ("code", "prose", "arithmetic", "records")
 SPLITS = ("train", "validation", "test")
 
 Corpus = dict[str, dict[str, list[str]]]  # domain -> split -> documents
-McItem = dict  # {"context": str, "choices": [4 str], "label": int}
 
 
 class SplitOverlapError(RuntimeFailure):
@@ -238,8 +237,8 @@ def arithmetic_documents(n_docs: int, seed: int) -> list[str]:
 # name, country from city, fee from plan, price from product, message from service), so a model
 # that learned the domain can predict them and the test items can ask for them.
 
-_FIRST = ["maria", "john", "aiko", "lars", "fatima", "chen", "olga", "pedro", "amara", "noah", "priya", "lucas"]
-_LAST = ["lopez", "smith", "tanaka", "berg", "haddad", "wei", "ivanova", "silva", "okafor", "klein", "rao", "moreau"]
+FIRST_NAMES = ["maria", "john", "aiko", "lars", "fatima", "chen", "olga", "pedro", "amara", "noah", "priya", "lucas"]
+LAST_NAMES = ["lopez", "smith", "tanaka", "berg", "haddad", "wei", "ivanova", "silva", "okafor", "klein", "rao", "moreau"]
 _MAIL_DOMAINS = ["example.com", "mail.test", "corp.example"]
 CITY_COUNTRY = {"Lyon": "France", "Paris": "France", "Osaka": "Japan", "Kyoto": "Japan", "Porto": "Portugal",
                 "Munich": "Germany", "Hamburg": "Germany", "Toronto": "Canada", "Seville": "Spain",
@@ -275,7 +274,7 @@ def records_document(rng: random.Random) -> str:
     if kind == 0:
         start = rng.randint(1000, 9000)
         for i in range(n):
-            first, last, city, plan = (rng.choice(_FIRST), rng.choice(_LAST), rng.choice(list(CITY_COUNTRY)),
+            first, last, city, plan = (rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES), rng.choice(list(CITY_COUNTRY)),
                                        rng.choice(list(PLAN_FEE)))
             rows.append(json.dumps({
                 "id": start + i, "name": f"{first.title()} {last.title()}",
@@ -317,124 +316,3 @@ def build_corpus(recipe: Mapping) -> Corpus:
     corpus = {domain: assign_splits(domain, raw[domain], seed, recipe["split_fractions"]) for domain in DOMAINS}
     check_splits_disjoint(corpus)
     return corpus
-
-
-# ---------------------------------------------------------------------------------------------
-# multiple-choice test items, built from the test split only. Each choice is scored literally
-# after its context (target_delimiter ""), so choices carry their own leading separator.
-
-Cut = tuple[str, str, "list[str] | None"]  # context, true continuation, own distractors (None: draw from other docs)
-
-
-def _line_cuts(doc: str, rng: random.Random) -> list[Cut]:
-    lines = doc.split("\n")
-    return [("\n".join(lines[:i]) + "\n", lines[i], None)
-            for i in range(2, min(len(lines), 30)) if len(lines[i].strip()) >= 12]
-
-
-_SENTENCE_END = re.compile(r"(?<=[a-z0-9)\"'][.!?]) (?=[A-Z])")
-
-
-def _sentence_cuts(doc: str, rng: random.Random) -> list[Cut]:
-    cuts = []
-    for match in _SENTENCE_END.finditer(doc):
-        rest = doc[match.end():]
-        following = _SENTENCE_END.search(rest)
-        sentence = rest[: following.start() if following else len(rest)].split("\n")[0]
-        if match.start() >= 40 and 20 <= len(sentence) <= 250:
-            cuts.append((doc[: match.start()], " " + sentence, None))
-    return cuts
-
-
-def plausible_slips(question: str, value: int, rng: random.Random) -> list[str]:
-    """Wrong answers from plausible slips: the wrong operation on the same two numbers, or a
-    carry error of ten; off by one or two only when those run out. Off-by-one alone would ask a
-    demo-sized model for exact arithmetic, which neither model has, and the items would not tell
-    the teacher from the student."""
-    x, y = map(int, re.findall(r"\d+", question)[-2:])
-    slips = {x + y, abs(x - y), x * y, value + 10, value - 10}
-    slips = sorted(c for c in slips if c >= 0 and c != value)
-    if len(slips) < 3:
-        slips += [c for c in (value + 1, value + 2, value + 3) if c not in slips]
-    return [f" {c}" for c in rng.sample(slips, 3)]
-
-
-_ANSWER = re.compile(r"^(.*(?:A:|Answer:))( \d+)$")
-
-
-def _arithmetic_cuts(doc: str, rng: random.Random) -> list[Cut]:
-    lines, cuts = doc.split("\n"), []
-    for i, line in enumerate(lines):
-        if match := _ANSWER.match(line):
-            context = "\n".join(lines[:i] + [match.group(1)])
-            cuts.append((context, match.group(2), plausible_slips(match.group(1), int(match.group(2)), rng)))
-    return cuts
-
-
-_EMAIL_NAMES = [f"{first}.{last}" for first in _FIRST for last in _LAST]
-
-
-def _others(values, true, rng: random.Random, k: int = 3) -> list:
-    return rng.sample(sorted(set(values) - {true}), k)
-
-
-def _records_cuts(doc: str, rng: random.Random) -> list[Cut]:
-    lines, cuts = doc.split("\n"), []
-    for i, line in enumerate(lines):
-        before = "\n".join(lines[:i]) + ("\n" if i else "")
-        if line.startswith("{"):
-            record = json.loads(line)
-            name, domain = record["email"].split("@")
-            options = {  # wrong emails keep the mail domain: only the name tells them apart
-                "email": [json.dumps(f"{n}@{domain}") for n in _others(_EMAIL_NAMES, name, rng)],
-                "country": [json.dumps(c) for c in _others(CITY_COUNTRY.values(), record["country"], rng)],
-                "monthly_fee": [str(f) for f in _others(PLAN_FEE.values(), record["monthly_fee"], rng)],
-            }
-            for field, wrong in options.items():
-                key = f'"{field}":'
-                cut = line.index(key) + len(key)
-                cuts.append((before + line[:cut], " " + json.dumps(record[field]), [" " + w for w in wrong]))
-        elif i > 0 and line.count(",") == 4:
-            fields = line.split(",")
-            wrong = _others(PRODUCT_PRICE.values(), fields[4], rng)
-            cuts.append((before + ",".join(fields[:4]) + ",", fields[4], wrong))
-        elif match := re.match(r"^(.*?\[(\w+)\])( .*)$", line):
-            services = _others(SERVICE_MESSAGES, match.group(2), rng)
-            cuts.append((before + match.group(1), match.group(3), [" " + log_message(s, rng)[1] for s in services]))
-    return cuts
-
-
-_CUTS: dict[str, Callable[[str, random.Random], list[Cut]]] = {
-    "code": _line_cuts, "prose": _sentence_cuts, "arithmetic": _arithmetic_cuts, "records": _records_cuts}
-
-
-def _length_matched(answer: str, pool: list[tuple[int, str]], doc_index: int, rng: random.Random) -> list[str] | None:
-    """Three continuations from other test docs, closest in length to the true one, so that a
-    length prior alone cannot pick the answer."""
-    sampled = {pool[j][1] for j in (rng.randrange(len(pool)) for _ in range(40))
-               if pool[j][0] != doc_index and normalise(pool[j][1]) != normalise(answer)}
-    if len(sampled) < 3:
-        return None
-    return sorted(sorted(sampled), key=lambda s: abs(len(s) - len(answer)))[:3]
-
-
-def build_mc_items(domain: str, test_docs: Sequence[str], n_items: int, seed: int) -> list[McItem]:
-    """Up to ``n_items`` items: one cut per test doc per round, more rounds while items are short."""
-    rng = random.Random(f"{seed}:{domain}:mc")
-    cuts = [_CUTS[domain](doc, rng) for doc in test_docs]
-    pool = [(i, answer) for i, doc_cuts in enumerate(cuts) for _, answer, _ in doc_cuts]
-    items: list[McItem] = []
-    seen: set[tuple[str, str]] = set()
-    while len(items) < n_items and any(cuts):
-        for i, doc_cuts in enumerate(cuts):
-            if not doc_cuts or len(items) >= n_items:
-                continue
-            context, answer, wrong = doc_cuts.pop(rng.randrange(len(doc_cuts)))
-            wrong = wrong or _length_matched(answer, pool, i, rng)
-            if wrong is None or len({answer, *wrong}) < 4 or (context, answer) in seen:
-                continue
-            seen.add((context, answer))
-            choices = [answer, *wrong]
-            rng.shuffle(choices)
-            items.append({"context": context, "choices": choices, "label": choices.index(answer)})
-    return items
