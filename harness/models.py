@@ -42,8 +42,8 @@ class ModelRef:
         return path.resolve() if path.exists() else None
 
 
-def check_local(ref: ModelRef) -> Path:
-    """The model's folder, or a clear error if it is not a transformers causal LM folder."""
+def check_local(ref: ModelRef) -> Path | None:
+    """The model's folder (None for a hub id), or a clear error if it is not a model folder."""
     path = ref.local_path
     if path is None:
         if "/" in ref.source and not ref.source.startswith((".", "/", "~")):
