@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from harness import home
-from harness.errors import EXIT_RUNTIME, BadInput, KdhError
+from harness.errors import EXIT_RUNTIME, BadInput, KdhError, RuntimeFailure
 
 DEMO_SIZES = ("default", "tiny")
 
@@ -146,6 +146,70 @@ def cmd_eval(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    import pandas as pd
+    from accelerate import PartialState
+
+    from distiller.trainer import DistillConfig, DistillError, distill
+    from harness import tracking
+    from harness.report import table
+
+    import torch
+
+    # Under a multi-process launch, one process tracks. Accelerate enters its multi-CPU mode only
+    # when told it runs on the CPU, so say so where there is no GPU.
+    main_process = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    suite = _load(args.suite or str(default_suite()))
+    missing = [d.name for d in suite.domains if d.train is None or d.validation is None]
+    if missing:
+        raise BadInput(f"{suite.path}: domain(s) {', '.join(missing)} need `train:` and `validation:` files to distil")
+    domains = {d.name: (d.train, d.validation) for d in suite.domains}
+    if args.teacher and args.student:
+        teacher, student = args.teacher, args.student
+    elif args.teacher or args.student:
+        raise BadInput("give both --teacher and --student, or neither for the demo pair")
+    else:
+        world = demo_world(progress=main_process)
+        teacher, student = str(world.teacher_dir), str(world.student_dir)
+    for role, path in (("teacher", teacher), ("student", student)):
+        if not (Path(path) / "config.json").is_file():
+            raise BadInput(f"--{role} {path}: not a transformers model folder (no config.json)")
+    out = args.out or str(home.kdh_home() / "distill" / f"{suite.name}-{args.mixture.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config = DistillConfig(
+        teacher=teacher, student=student, output_dir=out, steps=args.steps, batch_size=args.batch_size,
+        block_size=args.block_size, lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature,
+        divergence=args.divergence, mixture=args.mixture, interval=args.interval, gaps_from=args.gaps_from,
+        save_every=args.save_every, resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision)
+    try:
+        if not main_process:
+            distill(config, domains)
+            return 0
+        uri = tracking.connect(args.tracking_uri)
+        with tracking.tracked_run(suite.name, "distill", f"distill {args.mixture} γ={args.kd_weight}") as run:
+            import mlflow
+
+            mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name})
+            result = distill(config, domains)
+            history = pd.DataFrame(result.history)
+            mlflow.log_table(history, artifact_file="tables/ddk_history.json")
+            mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "ddk_seconds": result.ddk_seconds,
+                                "seconds": result.seconds, "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})
+            mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
+            mlflow.set_tag("kdh.student_dir", str(result.student_dir))
+    except (DistillError, ValueError) as err:
+        raise BadInput(str(err)) if isinstance(err, ValueError) else RuntimeFailure(str(err)) from err
+    first, last = result.history[0], result.history[-1]
+    summary = pd.DataFrame([{"domain": d, "weight at start": first[f"weight/{d}"], "weight at end": last[f"weight/{d}"],
+                             "ppl ratio at start": first[f"ratio/{d}"], "ppl ratio at last update": last[f"ratio/{d}"]}
+                            for d in domains])
+    print(table(summary))
+    print(f"\n{result.steps} steps · {result.tokens_per_s:,.0f} tokens/s · DDK bookkeeping "
+          f"{100 * result.ddk_seconds / max(result.seconds, 1e-9):.1f}% of the run")
+    print(f"Student: {result.student_dir}")
+    print(f"MLflow: experiment kdh/{suite.name}, run {run.info.run_id} ({tracking.redact(uri)})")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------
 # Parser
 
@@ -184,6 +248,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the kdh home)")
     ev.add_argument("--allow-code", action="store_true", help="allow task files that run code (!function)")
     ev.set_defaults(func=cmd_eval)
+
+    di = verbs.add_parser("distill", help="distil the teacher into the student with DDK domain sampling")
+    di.add_argument("--suite", help="suite whose domains' train/validation files are used (default: suites/default.yaml)")
+    di.add_argument("--teacher", help="teacher model folder (default: the demo teacher)")
+    di.add_argument("--student", help="student model folder to start from (default: the demo student)")
+    di.add_argument("--out", help="output folder (default: $KDH_HOME/distill/…)")
+    di.add_argument("--steps", type=int, default=300)
+    di.add_argument("--batch-size", type=int, default=8)
+    di.add_argument("--block-size", type=int, default=256)
+    di.add_argument("--lr", type=float, default=2e-3)
+    di.add_argument("--kd-weight", type=float, default=0.2, help="γ in CE + γ·KD; 0 is continued pre-training (CPT)")
+    di.add_argument("--temperature", type=float, default=1.0)
+    di.add_argument("--divergence", default="forward_kl",
+                    help="forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl | tv")
+    di.add_argument("--mixture", default="ddk", help="ddk | ddk-no-smoothing | uniform | natural | fixed:code=0.4,…")
+    di.add_argument("--interval", type=int, default=50, help="K: steps between mixture updates")
+    di.add_argument("--gaps-from", help="initial ratios from a scorecard.json or an MLflow eval run id")
+    di.add_argument("--save-every", type=int, default=100)
+    di.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
+    di.add_argument("--seed", type=int, default=0)
+    di.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    di.add_argument("--tracking-uri")
+    di.set_defaults(func=cmd_distill)
     return parser
 
 

@@ -1,0 +1,113 @@
+"""Checkpoints that are never half-written, and a resume that skips any that are.
+
+A checkpoint is a folder ``step-NNNNNNN`` under ``<output>/checkpoints``: the student as a standard
+transformers folder (safetensors), ``training.pt`` (optimiser, scheduler and RNG states, read back
+with ``weights_only=True``, so no code is unpickled) and ``state.json`` (step, sampler position,
+domain weights and their history, and a sha256 of every file). It is written into a temporary
+folder and renamed into place, so a crash leaves either the whole checkpoint or none; on resume,
+one whose files do not match their recorded hashes is skipped for the previous good one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_tree(folder: Path) -> None:
+    """Flush every file, so the rename below never publishes data still in the page cache."""
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+
+
+def write_atomic_folder(final: Path, fill) -> Path:
+    """Call ``fill(tmp_folder)``, then move the folder to ``final`` in one rename (replacing an
+    older one). Nothing appears at ``final`` unless ``fill`` completed."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        fill(tmp)
+        _fsync_tree(tmp)
+        if final.exists():
+            retired = final.parent / f".{final.name}.old-{os.getpid()}"
+            os.rename(final, retired)
+            os.rename(tmp, final)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_checkpoint(folder: Path, step: int, student, tokenizer, training: dict, state: dict, keep: int = 2) -> Path:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
+
+    def fill(tmp: Path) -> None:
+        student.save_pretrained(tmp / "student", safe_serialization=True)
+        tokenizer.save_pretrained(tmp / "student")
+        torch.save(training, tmp / "training.pt")
+        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / "state.json").write_text(json.dumps({**state, "step": step, "files": files}, indent=1))
+
+    path = write_atomic_folder(folder / f"step-{step:07d}", fill)
+    for old in checkpoints(folder)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint folders, oldest first (temporary folders of unfinished writes are not listed)."""
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def verify(path: Path) -> dict | None:
+    """The checkpoint's state if every file matches its recorded hash, else None."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+        for name, digest in state["files"].items():
+            if _sha256(path / name) != digest:
+                log.warning("checkpoint %s: %s does not match its hash; skipping it", path, name)
+                return None
+        return state
+    except (OSError, ValueError, KeyError) as err:
+        log.warning("checkpoint %s is incomplete or unreadable (%s); skipping it", path, err)
+        return None
+
+
+def latest_good(folder: Path) -> tuple[Path, dict] | None:
+    """The newest checkpoint that verifies, or None."""
+    for path in reversed(checkpoints(folder)):
+        state = verify(path)
+        if state is not None:
+            return path, state
+    return None
+
+
+def load_training(path: Path) -> dict:
+    return torch.load(path / "training.pt", weights_only=True)

@@ -1,0 +1,287 @@
+"""Distillation losses: token-level divergences between teacher and student next-token distributions.
+
+Two ways in:
+- `divergence` / `token_divergence` work on logits someone already has ([B, T, V] or [N, V]);
+- `distillation_loss` is what the trainer calls: it takes final hidden states and LM heads and never
+  materialises [B, T, V] logits. Positions go through in chunks under activation checkpointing, so peak
+  memory grows with chunk × vocabulary, not batch × length × vocabulary (the Liger-style fused path
+  that research notes §6.8 asks for). `distillation_loss_reference` is the plain version it must equal.
+
+Conventions (see /work/shared/reference/kd-losses.md §2):
+- p is the teacher distribution, q the student's, both softmax(logits / temperature).
+- Every divergence is the true divergence (zero when p = q), not DistiLLM's cross-entropy variant, so
+  logged KD values go to 0 at the optimum.
+- Computed in at least float32 and in log space; the teacher is a constant (detached).
+- Temperature divides the logits and nothing else: no Hinton τ² factor, as in the DDK paper, DSKD and
+  TRL (§2.1). With the DDK default τ = 1 the question does not arise.
+- Reductions are means over valid (unmasked) tokens, TRL's "batchmean" (§2.2).
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", "tv")
+
+Head = nn.Module | Tensor | tuple[Tensor, Tensor | None]
+
+
+def _check_options(kind: str, temperature: float, beta: float, alpha: float) -> None:
+    if kind not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {kind!r}; expected one of: {', '.join(DIVERGENCES)}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    # Written as `not (a <= x <= b)` so that NaN is rejected too.
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"beta (jsd mixture weight) must be in [0, 1], got {beta}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha (skew mixture weight) must be in [0, 1], got {alpha}")
+
+
+def _log_probs(logits: Tensor, temperature: float, *, may_be_infinite: bool = True) -> Tensor:
+    """log softmax(logits / temperature) over the vocabulary, in at least float32."""
+    # Half-precision log-softmax over 50k+ entries loses exactly the tail that the divergences weigh.
+    scaled = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    if may_be_infinite:
+        # -inf logits (banned tokens, masked vocabulary) become a huge finite floor: exp() of it is
+        # still exactly 0, but (-inf) - (-inf), 0 * (-inf) and logaddexp(-inf, -inf)'s gradient can no
+        # longer turn a value or a gradient into NaN. It costs one V-sized pass, so the fused path,
+        # whose logits come out of a matmul and are finite, skips it.
+        scaled = scaled.clamp_min(torch.finfo(scaled.dtype).min / 4)
+    return F.log_softmax(scaled, dim=-1)
+
+
+def _log_weight(weight: float) -> float:
+    return math.log(weight) if weight > 0 else -math.inf
+
+
+def _kl(log_a: Tensor, log_b: Tensor) -> Tensor:
+    """KL(a‖b) = Σ a (log a − log b) per row, from log-probabilities."""
+    return (log_a.exp() * (log_a - log_b)).sum(-1)
+
+
+def _log_mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
+    """log(w·a + (1−w)·b) without leaving log space (a two-term logsumexp, like TRL's)."""
+    return torch.logaddexp(log_a + _log_weight(weight_a), log_b + _log_weight(1.0 - weight_a))
+
+
+def _divergence_from_log_probs(log_q: Tensor, log_p: Tensor, kind: str, beta: float, alpha: float) -> Tensor:
+    """Per-row divergence from student log-probs `log_q` and teacher log-probs `log_p`, [N, V] -> [N]."""
+    if kind == "forward_kl":
+        return _kl(log_p, log_q)
+    if kind == "reverse_kl":
+        return _kl(log_q, log_p)
+    if kind == "jsd":
+        # TRL special-cases the ends: the interior formula tends to β·KL(p‖q) (β→0) and (1−β)·KL(q‖p)
+        # (β→1), so without this the ends would be a silent zero loss.
+        if beta == 0.0:
+            return _kl(log_p, log_q)
+        if beta == 1.0:
+            return _kl(log_q, log_p)
+        log_m = _log_mixture(log_p, log_q, beta)
+        return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
+    if kind == "skew_kl":
+        return _kl(log_p, _log_mixture(log_p, log_q, alpha))
+    if kind == "skew_reverse_kl":
+        return _kl(log_q, _log_mixture(log_q, log_p, alpha))
+    if kind == "tv":
+        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+    raise ValueError(f"unknown divergence {kind!r}; expected one of: {', '.join(DIVERGENCES)}")
+
+
+def token_divergence(student_logits: Tensor, teacher_logits: Tensor, kind: str = "forward_kl", *,
+                     temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1) -> Tensor:
+    """Divergence between teacher (p) and student (q) next-token distributions at each position.
+
+    student_logits, teacher_logits: [..., V] -> [...] (float32, or float64 for float64 inputs).
+    Gradients flow into student_logits only; the teacher is detached.
+
+    kind:
+      forward_kl       KL(p‖q) = Σ p (log p − log q): Hinton KD, the DDK paper's default.
+      reverse_kl       KL(q‖p).
+      jsd              generalised JSD of GKD / TRL's `generalized_jsd_loss`: with m = β·p + (1−β)·q,
+                       β·KL(p‖m) + (1−β)·KL(q‖m). β = 0.5 is the symmetric JSD (≤ log 2). As in TRL,
+                       β = 0 is exactly forward KL and β = 1 exactly reverse KL, but the interior is
+                       discontinuous there: for small β it is ≈ β·KL(p‖q) and for β near 1 ≈ (1−β)·KL(q‖p),
+                       so β close to an end mostly scales the loss down.
+      skew_kl          KL(p ‖ α·p + (1−α)·q), DistiLLM's skew KL (α = 0 is forward KL).
+      skew_reverse_kl  KL(q ‖ α·q + (1−α)·p) (α = 0 is reverse KL).
+      tv               total variation ½ Σ |p − q|, in [0, 1].
+    temperature divides both logits; the result is not multiplied by τ².
+    """
+    _check_options(kind, temperature, beta, alpha)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    log_q = _log_probs(student_logits, temperature)
+    with torch.no_grad():
+        log_p = _log_probs(teacher_logits, temperature)
+    return _divergence_from_log_probs(log_q, log_p, kind, beta, alpha)
+
+
+def _maybe_checkpoint(fn, *args):
+    """fn(*args), under non-reentrant checkpointing when a backward pass will need it.
+
+    Checkpointing keeps only the chunk's inputs for backward and recomputes the V-sized intermediates
+    (logits, softmaxes, products) chunk by chunk while backpropagating.
+    """
+    needs_grad = torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in args)
+    if not needs_grad:
+        return fn(*args)
+    # The chunk functions are deterministic, so there is no RNG state to stash and restore.
+    return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
+
+
+def _check_chunk_size(chunk_size: int | None) -> None:
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
+
+
+def _divergence_sum(student_logits: Tensor, teacher_logits: Tensor, **options) -> Tensor:
+    return token_divergence(student_logits, teacher_logits, **options).sum()
+
+
+def divergence(student_logits: Tensor, teacher_logits: Tensor, kind: str = "forward_kl", *,
+               mask: Tensor | None = None, temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1,
+               chunk_size: int | None = None) -> Tensor:
+    """Mean `token_divergence` over valid positions: a scalar.
+
+    Logits are [B, T, V] or [N, V]; mask is a bool tensor of the leading shape, True where the position
+    counts (None: all do). With no valid position the result is 0.0, still connected to student_logits.
+    chunk_size: process that many valid positions at a time under activation checkpointing, so only one
+    chunk's V-sized intermediates exist at a time (same value and gradient as unchunked).
+    """
+    _check_options(kind, temperature, beta, alpha)
+    _check_chunk_size(chunk_size)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ in shape")
+    vocab = student_logits.shape[-1]
+    student = student_logits.reshape(-1, vocab)
+    teacher = teacher_logits.detach().reshape(-1, vocab)
+    if mask is not None:
+        if mask.shape != student_logits.shape[:-1]:
+            raise ValueError(f"mask {tuple(mask.shape)} does not match logits {tuple(student_logits.shape)}")
+        # Select rather than multiply by the mask: padded positions may hold inf/NaN, and 0 * NaN = NaN.
+        keep = mask.reshape(-1).to(torch.bool)
+        student, teacher = student[keep], teacher[keep]
+    per_chunk = partial(_divergence_sum, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
+    if chunk_size is None:
+        total = per_chunk(student, teacher)
+    else:
+        # split() gives views whose gradients come back through one SplitBackward (a single cat),
+        # not one full-size zero tensor per chunk as slicing would.
+        total = sum(_maybe_checkpoint(per_chunk, s, t)
+                    for s, t in zip(student.split(chunk_size), teacher.split(chunk_size)))
+    return total / max(student.shape[0], 1)
+
+
+def _weight_and_bias(head: Head) -> tuple[Tensor, Tensor | None]:
+    """An LM head as (weight [V, H], bias [V] or None): nn.Linear-like module, weight, or (weight, bias)."""
+    if isinstance(head, nn.Module):
+        return head.weight, getattr(head, "bias", None)
+    if isinstance(head, (tuple, list)):
+        weight, bias = head
+        return weight, bias
+    if isinstance(head, Tensor):
+        return head, None
+    raise TypeError(f"an LM head must be an nn.Module with .weight, a weight tensor or (weight, bias), "
+                    f"got {type(head).__name__}")
+
+
+def _fused_chunk_sums(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                      teacher_hidden: Tensor | None, teacher_weight: Tensor | None, teacher_bias: Tensor | None,
+                      *, kind: str, temperature: float, beta: float, alpha: float) -> tuple[Tensor, Tensor]:
+    """(Σ cross-entropy, Σ divergence) over one chunk of valid positions; logits exist only in here."""
+    # No name holds the logits themselves (nothing downstream needs them), so each V-sized buffer is
+    # freed as soon as its consumer is done with it.
+    log_q = _log_probs(F.linear(hidden, weight, bias), 1.0, may_be_infinite=False)
+    ce_sum = -log_q.gather(-1, targets.unsqueeze(-1)).sum()
+    if teacher_hidden is None:
+        return ce_sum, ce_sum.new_zeros(())
+    if temperature != 1.0:
+        # CE stays at τ = 1. log_q is the logits shifted by a per-row constant, which softmax ignores,
+        # so log_softmax(log_q / τ) = log_softmax(logits / τ).
+        log_q = _log_probs(log_q, temperature, may_be_infinite=False)
+    with torch.no_grad():
+        teacher_logits = F.linear(teacher_hidden.to(teacher_weight.dtype), teacher_weight, teacher_bias)
+        log_p = _log_probs(teacher_logits, temperature, may_be_infinite=False)
+        del teacher_logits
+    return ce_sum, _divergence_from_log_probs(log_q, log_p, kind, beta, alpha).sum()
+
+
+def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden: Tensor | None,
+                      teacher_head: Head | None, labels: Tensor, *, kd_weight: float = 0.2,
+                      kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1,
+                      chunk_size: int | None = 1024, ignore_index: int = -100) -> tuple[Tensor, Tensor, Tensor]:
+    """DDK's training loss (Eq. 3), CE + γ·KD, from hidden states; returns (total, ce, kd).
+
+    student_hidden [B, T, H] final hidden states; student_head: nn.Linear-like module, weight [V, H] or
+    (weight, bias); it may be tied to the input embedding (gradients accumulate into the shared weight).
+    teacher_hidden [B, T, H_t] and teacher_head [V, H_t] are constants; unused, and may be None, when
+    kd_weight == 0 (the continued-pre-training baseline: no teacher forward at all).
+    labels [B, T]: already shifted (position t predicts labels[t]); ignore_index marks positions to skip.
+    ce and kd are means over valid positions, total = ce + kd_weight * kd (γ = 0.2, τ = 1 in DDK).
+    chunk_size positions at a time go through the heads under activation checkpointing, so peak memory
+    is O(chunk_size × V) in forward and backward; None does all valid positions in one piece.
+    """
+    _check_options(kind, temperature, beta, alpha)
+    _check_chunk_size(chunk_size)
+    if student_hidden.shape[:-1] != labels.shape:
+        raise ValueError(f"labels {tuple(labels.shape)} do not match hidden states {tuple(student_hidden.shape)}")
+    use_teacher = kd_weight != 0
+    if use_teacher and (teacher_hidden is None or teacher_head is None):
+        raise ValueError("kd_weight != 0 needs teacher_hidden and teacher_head")
+
+    weight, bias = _weight_and_bias(student_head)
+    valid = labels.reshape(-1) != ignore_index
+    hidden = student_hidden.reshape(-1, student_hidden.shape[-1])[valid]
+    targets = labels.reshape(-1)[valid]
+    n_valid = hidden.shape[0]
+    chunk = chunk_size or max(n_valid, 1)
+    hidden_chunks, target_chunks = hidden.split(chunk), targets.split(chunk)
+
+    teacher_chunks = [None] * len(hidden_chunks)
+    teacher_weight = teacher_bias = None
+    if use_teacher:
+        if teacher_hidden.shape[:-1] != labels.shape:
+            raise ValueError(f"teacher hidden states {tuple(teacher_hidden.shape)} do not match labels "
+                             f"{tuple(labels.shape)}")
+        teacher_weight, teacher_bias = (t.detach() if t is not None else None
+                                        for t in _weight_and_bias(teacher_head))
+        teacher_chunks = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])[valid].split(chunk)
+
+    chunk_sums = partial(_fused_chunk_sums, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
+    ce_sum = kd_sum = 0.0
+    for h, y, t in zip(hidden_chunks, target_chunks, teacher_chunks):
+        ce_part, kd_part = _maybe_checkpoint(chunk_sums, h, weight, bias, y, t, teacher_weight, teacher_bias)
+        ce_sum, kd_sum = ce_sum + ce_part, kd_sum + kd_part
+    ce, kd = ce_sum / max(n_valid, 1), kd_sum / max(n_valid, 1)
+    return ce + kd_weight * kd, ce, kd
+
+
+def distillation_loss_reference(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, *,
+                                kd_weight: float = 0.2, kind: str = "forward_kl", temperature: float = 1.0,
+                                ignore_index: int = -100, **divergence_options) -> tuple[Tensor, Tensor, Tensor]:
+    """`distillation_loss` on fully materialised logits [B, T, V], unchunked: the yardstick for the fused path.
+
+    divergence_options: beta, alpha (as in `token_divergence`).
+    """
+    vocab = student_logits.shape[-1]
+    mask = labels != ignore_index
+    n_valid = max(int(mask.sum()), 1)
+    # Sum / n_valid rather than reduction="mean", which is NaN when every position is ignored.
+    ce = F.cross_entropy(student_logits.reshape(-1, vocab).to(torch.promote_types(student_logits.dtype, torch.float32)),
+                         labels.reshape(-1), ignore_index=ignore_index, reduction="sum") / n_valid
+    if kd_weight == 0:
+        return ce, ce, ce.new_zeros(())
+    kd = divergence(student_logits, teacher_logits, kind, mask=mask, temperature=temperature, **divergence_options)
+    return ce + kd_weight * kd, ce, kd

@@ -1,0 +1,140 @@
+"""`kdh distill` end to end on the tiny demo world: a real training loop, real checkpoints, a real
+MLflow store. What a user relies on: a standard transformers student comes out, the domain
+weights are tracked at every update, a run killed with SIGKILL resumes to the very same student,
+and two processes under `accelerate launch` agree on the weights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from harness.cli import main
+from harness.demo import DOMAINS
+
+# Small but real: 4 domains, updates every 4 steps, a checkpoint every 4 steps.
+ARGS = ["--steps", "16", "--interval", "4", "--save-every", "4", "--batch-size", "4", "--block-size", "64"]
+
+
+def weights_of(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(folder / "model.safetensors")
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    left, right = weights_of(a), weights_of(b)
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+def run_cli(args: list[str], env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def distilled(tiny_world, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distill")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    code = main(["distill", *ARGS, "--out", str(folder / "run"), "--tracking-uri", uri])
+    return code, folder, uri, tiny_world
+
+
+def test_distill_writes_a_standard_student_that_moved(distilled):
+    from transformers import AutoModelForCausalLM
+
+    code, folder, _, world = distilled
+    assert code == 0
+    student = folder / "run" / "student"
+    model = AutoModelForCausalLM.from_pretrained(student)  # a standard transformers folder
+    assert model.config.vocab_size == AutoModelForCausalLM.from_pretrained(world.student_dir).config.vocab_size
+    assert not same_weights(student, world.student_dir)
+    assert [p.name for p in sorted((folder / "run" / "checkpoints").iterdir())] == ["step-0000012", "step-0000016"]
+
+
+def test_mlflow_tracks_loss_and_the_weights_at_every_update(distilled):
+    code, folder, uri, _ = distilled
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["kdh/default"])
+    assert len(runs) == 1 and runs["status"].iloc[0] == "FINISHED" and runs["tags.kdh.kind"].iloc[0] == "distill"
+    client = mlflow.MlflowClient()
+    run_id = runs["run_id"].iloc[0]
+    steps = [m.step for m in client.get_metric_history(run_id, "ddk/weight/records")]
+    assert steps == [0, 4, 8, 12]  # the start and every K = 4 steps before the end
+    for step in steps:
+        total = sum(m.value for d in DOMAINS for m in client.get_metric_history(run_id, f"ddk/weight/{d}") if m.step == step)
+        assert total == pytest.approx(1.0)
+    floor = 0.5 / len(DOMAINS)  # Eq. 2's (1 − α)/N
+    assert all(m.value >= floor - 1e-9 for d in DOMAINS for m in client.get_metric_history(run_id, f"ddk/weight/{d}")
+               if m.step > 0)
+    assert len(client.get_metric_history(run_id, "loss")) >= 1
+    assert runs["metrics.tokens_per_s"].iloc[0] > 0
+    history = json.loads((folder / "run" / "ddk_history.rank0.json").read_text())
+    assert [h["step"] for h in history] == steps
+
+
+def test_the_weights_follow_the_gaps(distilled):
+    """DDK: the domain the student lags most in (the largest perplexity ratio) gets the most data."""
+    _, folder, _, _ = distilled
+    first = json.loads((folder / "run" / "ddk_history.rank0.json").read_text())[0]
+    ratios = {d: first[f"ratio/{d}"] for d in DOMAINS}
+    weights = {d: first[f"weight/{d}"] for d in DOMAINS}
+    assert max(weights, key=weights.get) == max(ratios, key=ratios.get)
+    assert min(weights, key=weights.get) == min(ratios, key=ratios.get)
+
+
+@pytest.mark.parametrize("kill_after", ["step-0000004", "step-0000008"])
+def test_a_run_killed_with_sigkill_resumes_to_the_same_student(distilled, tmp_path, kill_after):
+    _, folder, _, _ = distilled
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = tmp_path / "run"
+    args = ["distill", *ARGS, "--out", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    proc = run_cli(args, env)
+    deadline = time.monotonic() + 240
+    while not (out / "checkpoints" / kill_after).exists():
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "student").exists()  # it died before the end
+    resumed = run_cli(args + ["--resume"], env)
+    log, _ = resumed.communicate(timeout=240)
+    assert resumed.returncode == 0, log
+    assert same_weights(out / "student", folder / "run" / "student")
+
+
+def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(distilled, tmp_path):
+    from distiller.checkpoint import latest_good
+
+    _, folder, _, _ = distilled
+    import shutil
+
+    shutil.copytree(folder / "run" / "checkpoints", tmp_path / "checkpoints")
+    newest = tmp_path / "checkpoints" / "step-0000016" / "student" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-100])  # a torn write
+    path, state = latest_good(tmp_path / "checkpoints")
+    assert path.name == "step-0000012" and state["step"] == 12
+
+
+def test_accelerate_launch_two_processes_agree_on_the_weights(tiny_world, tmp_path):
+    out = tmp_path / "run"
+    # accelerate 1.x's `--cpu` launcher starts one process unless MPI is installed; `--multi_gpu` is
+    # its torchrun launcher, and kdh selects the CPU (gloo) backend itself where there is no GPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "harness.cli", "distill", *ARGS, "--steps", "8", "--out", str(out),
+           "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0 = json.loads((out / "ddk_history.rank0.json").read_text())
+    rank1 = json.loads((out / "ddk_history.rank1.json").read_text())
+    assert rank0 == rank1 and [h["step"] for h in rank0] == [0, 4]
+    assert (out / "student" / "model.safetensors").is_file()
