@@ -170,11 +170,16 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
         scheduler.load_state_dict(training["scheduler"])
         torch.set_rng_state(training["rng"])
         sampler.load_state_dict(state["sampler"])
-        weights, ratios, history = state["weights"], state["ratios"], state["history"]
+        weights, factor = state["weights"], state["factor"]
+        ratios, history = state["ratios"], state["history"]
         ppl_teacher, start_step = state["ppl_teacher"], state["step"]
     else:
         ratios = _ratios(config, student, val, accelerator, ppl_teacher)
-        weights = mixture.initial(ratios)
+        # r_0 (Eq. 1) starts the factor's history; Algorithm 1 draws the first interval's data
+        # at random, i.e. in the corpus's natural proportions. Sampling by r_0 at once would put
+        # nearly all of it on one domain whenever one ratio stands far above the rest.
+        factor = mixture.initial(ratios)
+        weights = _natural(train) if mixture.kind == "ddk" else factor
         history.append({"step": 0, **_flat(weights, ratios)})
     sampler.set_weights(weights)
     ddk_seconds += time.perf_counter() - started_ddk
@@ -218,7 +223,8 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
             started_ddk = time.perf_counter()
             ppl_student = domain_perplexities(student, val, accelerator, config.chunk_size)
             ratios = {d: ppl_student[d] / ppl_teacher[d] for d in domains}
-            weights = mixture.update(weights, ratios)
+            factor = mixture.update(factor, ratios)  # Eq. 2 (or the baseline's rule)
+            weights = factor
             sampler.set_weights(weights)
             history.append({"step": done, **_flat(weights, ratios)})
             _check_ranks_agree(accelerator, weights, done)
@@ -231,7 +237,8 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
             _log_metrics(accelerator, done, {"loss": loss.item(), "ce": ce.item(), "kd": kd.item(),
                                              "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
         if done % config.save_every == 0 or done == config.steps:
-            state = {"sampler": sampler.state_dict(), "weights": weights, "ratios": ratios, "history": history,
+            state = {"sampler": sampler.state_dict(), "weights": weights, "factor": factor, "ratios": ratios,
+                     "history": history,
                      "ppl_teacher": ppl_teacher, "config": asdict(config)}
             training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                         "rng": torch.get_rng_state()}
@@ -275,6 +282,12 @@ def _check_ranks_agree(accelerator, weights: dict, step: int) -> None:
     every = accelerator.gather(mine)
     if not torch.equal(every, mine.expand_as(every)):
         raise DistillError(f"the ranks disagree on the domain weights at step {step}: {every.tolist()}")
+
+
+def _natural(train: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each domain's share of the training tokens."""
+    total = sum(blocks.numel() for blocks in train.values())
+    return {d: blocks.numel() / total for d, blocks in train.items()}
 
 
 def _flat(weights: dict, ratios: dict) -> dict:
