@@ -212,9 +212,10 @@ def _fused_chunk_sums(hidden: Tensor, weight: Tensor, bias: Tensor | None, targe
         # so log_softmax(log_q / τ) = log_softmax(logits / τ).
         log_q = _log_probs(log_q, temperature, may_be_infinite=False)
     with torch.no_grad():
-        teacher_logits = F.linear(teacher_hidden.to(teacher_weight.dtype), teacher_weight, teacher_bias)
+        teacher_hidden = teacher_hidden.to(teacher_weight.dtype)
+        teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias)
         log_p = _log_probs(teacher_logits, temperature, may_be_infinite=False)
-        del teacher_logits
+        del teacher_logits  # before the divergence's own V-sized temporaries are made
     return ce_sum, _divergence_from_log_probs(log_q, log_p, kind, beta, alpha).sum()
 
 
@@ -236,7 +237,8 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     _check_options(kind, temperature, beta, alpha)
     _check_chunk_size(chunk_size)
     if student_hidden.shape[:-1] != labels.shape:
-        raise ValueError(f"labels {tuple(labels.shape)} do not match hidden states {tuple(student_hidden.shape)}")
+        raise ValueError(f"labels {tuple(labels.shape)} do not match hidden states "
+                         f"{tuple(student_hidden.shape)}")
     use_teacher = kd_weight != 0
     if use_teacher and (teacher_hidden is None or teacher_head is None):
         raise ValueError("kd_weight != 0 needs teacher_hidden and teacher_head")
@@ -271,7 +273,7 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
 def distillation_loss_reference(student_logits: Tensor, teacher_logits: Tensor | None, labels: Tensor, *,
                                 kd_weight: float = 0.2, kind: str = "forward_kl", temperature: float = 1.0,
                                 ignore_index: int = -100, **divergence_options) -> tuple[Tensor, Tensor, Tensor]:
-    """`distillation_loss` on fully materialised logits [B, T, V], unchunked: the yardstick for the fused path.
+    """`distillation_loss` on fully materialised logits [B, T, V], unchunked: the fused path's yardstick.
 
     divergence_options: beta, alpha (as in `token_divergence`).
     """
@@ -279,9 +281,11 @@ def distillation_loss_reference(student_logits: Tensor, teacher_logits: Tensor |
     mask = labels != ignore_index
     n_valid = max(int(mask.sum()), 1)
     # Sum / n_valid rather than reduction="mean", which is NaN when every position is ignored.
-    ce = F.cross_entropy(student_logits.reshape(-1, vocab).to(torch.promote_types(student_logits.dtype, torch.float32)),
-                         labels.reshape(-1), ignore_index=ignore_index, reduction="sum") / n_valid
+    flat_logits = student_logits.reshape(-1, vocab)
+    flat_logits = flat_logits.to(torch.promote_types(flat_logits.dtype, torch.float32))
+    ce = F.cross_entropy(flat_logits, labels.reshape(-1), ignore_index=ignore_index, reduction="sum") / n_valid
     if kd_weight == 0:
         return ce, ce, ce.new_zeros(())
-    kd = divergence(student_logits, teacher_logits, kind, mask=mask, temperature=temperature, **divergence_options)
+    kd = divergence(student_logits, teacher_logits, kind, mask=mask, temperature=temperature,
+                    **divergence_options)
     return ce + kd_weight * kd, ce, kd

@@ -56,7 +56,7 @@ class DistillConfig:
     keep_checkpoints: int = 2
     resume: bool = False
     seed: int = 0
-    chunk_size: int = 1024  # positions per chunk of the fused head + divergence
+    chunk_size: int = 256  # positions per chunk of the fused head + divergence (bench/loss_memory.py)
     mixed_precision: str = "no"  # "bf16" where the device supports it
     log_every: int = 10
     progress: bool = True
