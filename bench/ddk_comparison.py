@@ -73,7 +73,8 @@ def main() -> None:
         started = time.perf_counter()
         result = distill(config, domains)
         runs[name] = {"seconds": time.perf_counter() - started, "tokens_per_s": result.tokens_per_s,
-                      "ddk_share": result.ddk_seconds / result.seconds, "history": result.history}
+                      "ddk_share": result.ddk_seconds / result.seconds,
+                      "setup_seconds": result.setup_seconds, "history": result.history}
         ratios[name] = held_out_ratios(result.student_dir, world.teacher_dir, world, args.block_size)
         print(name, json.dumps({d: round(r, 3) for d, r in ratios[name].items()}), flush=True)
 
@@ -96,9 +97,13 @@ def main() -> None:
         lines.append(f"| {d} | " + " | ".join(f"{ratios[n][d]:.3f}" for n in names) + " |")
     lines.append("| **worst** | " + " | ".join(f"**{max(ratios[n].values()):.3f}**" for n in names) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{sum(ratios[n].values()) / len(domains_):.3f}**" for n in names) + " |")
-    lines += ["", "| arm | seconds | tokens/s | DDK bookkeeping share |", "|---|---:|---:|---:|"]
+    lines += ["", "Cost (the loop's seconds; per-domain perplexities every K steps as a share of the loop; the "
+              "one-off teacher perplexities and r_0 before it):", "",
+              "| arm | loop seconds | tokens/s | perplexities + Eq. 2 in the loop | one-off set-up (s) |",
+              "|---|---:|---:|---:|---:|"]
     for name, run in runs.items():
-        lines.append(f"| {name} | {run['seconds']:.0f} | {run['tokens_per_s']:,.0f} | {100 * run['ddk_share']:.1f}% |")
+        lines.append(f"| {name} | {run['seconds']:.0f} | {run['tokens_per_s']:,.0f} | {100 * run['ddk_share']:.1f}% "
+                     f"| {run['setup_seconds']:.1f} |")
     lines += ["", "DDK's domain weights at each update (step 0: the natural mixture of Algorithm 1's first interval):", "",
               "| step | " + " | ".join(domains_) + " |", "|---:|" + "---:|" * len(domains_)]
     for row in runs["DDK"]["history"]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -70,7 +70,8 @@ class DistillResult:
     ratios: dict[str, float]
     history: list[dict] = field(default_factory=list)  # one row per mixture update
     tokens_per_s: float = 0.0
-    ddk_seconds: float = 0.0  # time spent measuring perplexities and updating the mixture
+    ddk_seconds: float = 0.0  # in the loop: the student's perplexities and Eq. 2 every K steps
+    setup_seconds: float = 0.0  # once: the teacher's perplexities and r_0
     seconds: float = 0.0
 
 
@@ -144,8 +145,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
     train = {d: pack_blocks(read_texts(paths[0]), tokenizer, block, eos, domain=d) for d, paths in domains.items()}
     val = {d: pack_blocks(read_texts(paths[1]), tokenizer, block, eos, domain=d)[: config.val_blocks]
            for d, paths in domains.items()}
-    mixture = Mixture.parse(config.mixture, tuple(domains), natural_sizes={d: b.numel() for d, b in train.items()})
-    mixture.alpha = config.alpha
+    mixture = replace(Mixture.parse(config.mixture, tuple(domains), natural_sizes=_natural(train)), alpha=config.alpha)
 
     decay = [p for p in student.parameters() if p.dim() >= 2]
     no_decay = [p for p in student.parameters() if p.dim() < 2]
@@ -155,9 +155,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(student)
 
-    # The teacher's perplexities once; the student's now, for the initial ratios (Eq. 1).
-    ddk_seconds, started_ddk = 0.0, time.perf_counter()
-    ppl_teacher = domain_perplexities(teacher, val, accelerator, config.chunk_size)
+    ddk_seconds, started_setup = 0.0, time.perf_counter()
     history: list[dict] = []
     start_step = 0
     resumed = ckpt.latest_good(output / "checkpoints") if config.resume else None
@@ -174,6 +172,8 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
         ratios, history = state["ratios"], state["history"]
         ppl_teacher, start_step = state["ppl_teacher"], state["step"]
     else:
+        # The teacher's perplexities once (it is frozen); the student's now, for r_0 (Eq. 1).
+        ppl_teacher = domain_perplexities(teacher, val, accelerator, config.chunk_size)
         ratios = _ratios(config, student, val, accelerator, ppl_teacher)
         # r_0 (Eq. 1) starts the factor's history; Algorithm 1 draws the first interval's data
         # at random, i.e. in the corpus's natural proportions. Sampling by r_0 at once would put
@@ -182,7 +182,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
         weights = _natural(train) if mixture.kind == "ddk" else factor
         history.append({"step": 0, **_flat(weights, ratios)})
     sampler.set_weights(weights)
-    ddk_seconds += time.perf_counter() - started_ddk
+    setup_seconds = time.perf_counter() - started_setup
     _log_update(accelerator, 0 if resumed is None else None, weights, ratios)
 
     # The loop.
@@ -259,7 +259,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
                                                     tokenizer.save_pretrained(tmp)))
     accelerator.wait_for_everyone()
     return DistillResult(student_dir=final, steps=config.steps, weights=weights, ratios=ratios, history=history,
-                         tokens_per_s=tokens / seconds if seconds > 0 else 0.0, ddk_seconds=ddk_seconds,
+                         tokens_per_s=tokens / seconds if seconds > 0 else 0.0, ddk_seconds=ddk_seconds, setup_seconds=setup_seconds,
                          seconds=seconds)
 
 

@@ -193,6 +193,7 @@ def cmd_distill(args) -> int:
             history = pd.DataFrame(result.history)
             mlflow.log_table(history, artifact_file="tables/ddk_history.json")
             mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "ddk_seconds": result.ddk_seconds,
+                                "setup_seconds": result.setup_seconds,
                                 "seconds": result.seconds, "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})
             mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
             mlflow.set_tag("kdh.student_dir", str(result.student_dir))
@@ -203,8 +204,9 @@ def cmd_distill(args) -> int:
                              "ppl ratio at start": first[f"ratio/{d}"], "ppl ratio at last update": last[f"ratio/{d}"]}
                             for d in domains])
     print(table(summary))
-    print(f"\n{result.steps} steps · {result.tokens_per_s:,.0f} tokens/s · DDK bookkeeping "
-          f"{100 * result.ddk_seconds / max(result.seconds, 1e-9):.1f}% of the run")
+    print(f"\n{result.steps} steps · {result.tokens_per_s:,.0f} tokens/s · DDK's perplexities and updates "
+          f"{100 * result.ddk_seconds / max(result.seconds, 1e-9):.1f}% of the loop (+{result.setup_seconds:.1f} s "
+          "once for the teacher's perplexities)")
     print(f"Student: {result.student_dir}")
     print(f"MLflow: experiment kdh/{suite.name}, run {run.info.run_id} ({tracking.redact(uri)})")
     return 0
