@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from harness.atomic import write_atomic_folder
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -31,35 +31,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 22), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _fsync_tree(folder: Path) -> None:
-    """Flush every file, so the rename below never publishes data still in the page cache."""
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with open(path, "rb") as fh:
-                os.fsync(fh.fileno())
-
-
-def write_atomic_folder(final: Path, fill) -> Path:
-    """Call ``fill(tmp_folder)``, then move the folder to ``final`` in one rename (replacing an
-    older one). Nothing appears at ``final`` unless ``fill`` completed."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    try:
-        fill(tmp)
-        _fsync_tree(tmp)
-        if final.exists():
-            retired = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.rename(final, retired)
-            os.rename(tmp, final)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
 
 
 def save_checkpoint(folder: Path, step: int, student, tokenizer, training: dict, state: dict, keep: int = 2) -> Path:

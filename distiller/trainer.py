@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from distiller import checkpoint as ckpt
+from harness.atomic import write_atomic_folder
 from distiller.data import DomainSampler, pack_blocks, read_texts
 from distiller.ddk import Mixture, ratios_from_mlflow, ratios_from_scorecard
 from distiller.losses import distillation_loss
@@ -255,7 +256,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
     # The final student: a standard transformers folder, written atomically.
     final = output / "student"
     if accelerator.is_main_process:
-        ckpt.write_atomic_folder(final, lambda tmp: (unwrapped.save_pretrained(tmp, safe_serialization=True),
+        write_atomic_folder(final, lambda tmp: (unwrapped.save_pretrained(tmp, safe_serialization=True),
                                                     tokenizer.save_pretrained(tmp)))
     accelerator.wait_for_everyone()
     return DistillResult(student_dir=final, steps=config.steps, weights=weights, ratios=ratios, history=history,

@@ -130,7 +130,7 @@ def test_tiny_world_layout_and_manifest(tiny_world, tiny_home):
         assert manifest["training"][name]["steps"] == TINY[name]["steps"]
         for domain in DOMAINS:
             assert math.isfinite(manifest["evaluation"]["test_bpb"][name][domain])
-    assert not list((tiny_home / "demo").glob(".tiny.building-*")), "no half-built folder left behind"
+    assert not list((tiny_home / "demo").glob(".tiny.tmp-*")), "no half-built folder left behind"
 
 
 def test_data_files_are_well_formed_and_disjoint(tiny_world):

@@ -21,7 +21,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 from harness.demo.checks import encode_texts, evaluate_models
 from harness.demo.corpus import DOMAINS, build_corpus, corpus_fingerprint
 from harness.demo.items import build_mc_items
+from harness.atomic import temp_prefix, write_atomic_folder
 from harness.home import configure_environment
 
 RECIPE_VERSION = 1  # bump when code changes what a recipe builds
@@ -113,24 +113,15 @@ def ensure_world(home: Path, size: str = "default", progress: bool = True) -> Wo
     with _locked(demo_dir / f".{size}.lock"):
         if (world := _current(root, size, want)) is not None:  # another process built it meanwhile
             return world
-        for stale in demo_dir.glob(f".{size}.building-*"):  # left by a killed build; we hold the lock
+        for stale in demo_dir.glob(temp_prefix(root) + "*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        building = Path(tempfile.mkdtemp(prefix=f".{size}.building-", dir=demo_dir))
-        building.chmod(0o755)  # mkdtemp's 0o700 would follow the world to its final path
-        try:
-            manifest = {"size": size, "recipe": recipe, **want}
+        manifest = {"size": size, "recipe": recipe, **want}
+
+        def fill(building: Path) -> None:
             manifest.update(_build(building, recipe, corpus, mc, progress))
             (building / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")  # last: marks it complete
-            if root.exists():
-                retired = demo_dir / f".{size}.old-{os.getpid()}"
-                os.rename(root, retired)
-                os.rename(building, root)
-                shutil.rmtree(retired, ignore_errors=True)
-            else:
-                os.rename(building, root)
-        except BaseException:
-            shutil.rmtree(building, ignore_errors=True)
-            raise
+
+        write_atomic_folder(root, fill)
         return World.at(root, size, manifest)
 
 
