@@ -57,6 +57,16 @@ MIB = 1024 * 1024
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _timed_window(durations: list[float], phases: list[dict], warmup: int, steps: int):
+    """The steps after warm-up: (their indices, total seconds, seconds per phase, tokens)."""
+    window = range(warmup, steps)
+    breakdown = defaultdict(float)
+    for i in window:
+        for name, seconds in phases[i].items():
+            breakdown[name] += seconds
+    return window, sum(durations[i] for i in window), breakdown, len(window) * BATCH * BLOCK
+
+
 def _rss() -> int:
     """Current resident set size in bytes."""
     with open("/proc/self/statm") as f:
@@ -245,14 +255,8 @@ def child_kdh(spec: dict) -> dict:
     # Step i ends where step i+1 starts; the last one where the final checkpoint starts.
     ends = starts[1:] + [marks["save_start"]]
     durations = [e - s for s, e in zip(starts, ends)]
-    window = range(warmup, steps)
-    window_seconds = sum(durations[i] for i in window)
-    breakdown = defaultdict(float)
-    for i in window:
-        for name, seconds in phases[i].items():
-            breakdown[name] += seconds
+    window, window_seconds, breakdown, tokens = _timed_window(durations, phases, warmup, steps)
     breakdown["other (loss.item, clone, tqdm, mixture update, ...)"] = window_seconds - sum(breakdown.values())
-    tokens = len(window) * BATCH * BLOCK
     return {
         "variant": spec["kind"], "vocab": spec["vocab"], "steps": steps, "warmup": warmup,
         "threads": torch.get_num_threads(), "models": info,
@@ -360,13 +364,7 @@ def child_bare(spec: dict, fused: bool) -> dict:
         if not fused:
             del s_logits
     end_peak = _peak()
-    window = range(warmup, steps)
-    window_seconds = sum(durations[i] for i in window)
-    breakdown = defaultdict(float)
-    for i in window:
-        for name, seconds in phases[i].items():
-            breakdown[name] += seconds
-    tokens = len(window) * BATCH * BLOCK
+    window, window_seconds, breakdown, tokens = _timed_window(durations, phases, warmup, steps)
     return {
         "variant": "bare-fused" if fused else "bare", "vocab": spec["vocab"], "steps": steps, "warmup": warmup,
         "threads": torch.get_num_threads(), "models": {"student": _model_info(student), "teacher": _model_info(teacher)},
