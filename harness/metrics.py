@@ -43,3 +43,22 @@ def metric_range(name: str) -> tuple[float, float]:
     finite value."""
     known = METRICS.get(name)
     return (known.low, known.high) if known else (-_INF, _INF)
+
+
+# Per-sample results (what the gate's paired test resamples): lm-eval logs a number per document
+# for mean metrics (acc, exact_match, …) and a (log-likelihood, count) pair for the corpus-level
+# ones. kdh keeps both as (value, weight), weight 1 for a plain number, so every metric is a
+# function of the two sums: the same code aggregates the full set and any resample of it.
+_LN2 = math.log(2.0)
+
+
+def from_sums(metric: str, value_sum, weight_sum):
+    """The metric over a set of samples from the sums of their values and weights (numpy-friendly)."""
+    import numpy as np
+
+    mean = np.asarray(value_sum, dtype=float) / np.asarray(weight_sum, dtype=float)
+    if metric == "bits_per_byte":
+        return -mean / _LN2
+    if metric in ("byte_perplexity", "word_perplexity"):
+        return np.exp(-mean)
+    return mean

@@ -66,3 +66,75 @@ def scorecard_report(scorecard: Scorecard) -> str:
     eff = eff[["model", "parameters", "size_mb", "tokens_per_s", "peak_memory_mb", "seconds"]]
     out += ["Efficiency (scoring)", "", table(eff)]
     return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The gate's verdict: a console table, JUnit XML (one test case per domain, slice and check) and
+# Markdown for CI job summaries and pull-request comments.
+
+_MARK = {"pass": "✔ pass", "fail": "✘ FAIL", "skip": "· skip"}
+
+
+def _verdict_frame(verdict) -> pd.DataFrame:
+    rows = verdict.rows.copy()
+    rows.insert(0, "result", rows.pop("status").map(_MARK))
+    return rows[["result", "domain", "slice", "check", "observed", "threshold", "p_value", "reason"]]
+
+
+def verdict_report(verdict) -> str:
+    head = (f"Gate · candidate '{verdict.candidate}' vs teacher '{verdict.teacher}'"
+            + (f" and champion '{verdict.champion}'" if verdict.champion else " (no champion: regression checks skipped)"))
+    if verdict.passed:
+        tail = "PASSED: every check holds."
+    else:
+        tail = f"FAILED: {len(verdict.failures)} check(s) in {', '.join(verdict.failing_domains) or 'no domain'}"
+    return "\n".join([head, "", table(_verdict_frame(verdict)), "", tail])
+
+
+def junit_xml(verdict, suite_name: str) -> str:
+    import xml.etree.ElementTree as ET
+
+    rows = verdict.rows
+    root = ET.Element("testsuites")
+    suite = ET.SubElement(root, "testsuite", name=f"kdh.{suite_name}", tests=str(len(rows)),
+                          failures=str(int((rows["status"] == "fail").sum())),
+                          skipped=str(int((rows["status"] == "skip").sum())), errors="0")
+    for row in rows.itertuples():
+        case = ET.SubElement(suite, "testcase", classname=f"kdh.{suite_name}.{row.domain}",
+                             name=f"{row.slice}::{row.check}" if row.slice else row.check)
+        if row.status == "fail":
+            ET.SubElement(case, "failure", message=row.reason, type="GateFailure").text = row.reason
+        elif row.status == "skip":
+            ET.SubElement(case, "skipped", message=row.reason)
+        else:
+            ET.SubElement(case, "system-out").text = row.reason
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _md(value) -> str:
+    text = _number(value) if not isinstance(value, str) else value
+    return text.replace("|", "\\|")
+
+
+def markdown_summary(verdict, suite_name: str, scorecard=None) -> str:
+    icon = "✅" if verdict.passed else "❌"
+    lines = [f"## {icon} kdh gate · suite `{suite_name}` · candidate `{verdict.candidate}`", ""]
+    if verdict.passed:
+        lines.append("Every check holds.")
+    else:
+        lines.append(f"**Failed** in {', '.join(f'`{d}`' for d in verdict.failing_domains)}:")
+        lines.append("")
+        lines += [f"- `{r.domain}` {r.slice} **{r.check}**: {r.reason}" for r in verdict.failures.itertuples()]
+    if scorecard is not None:
+        domains = scorecard.domains
+        pivot = domains.pivot(index="domain", columns="model", values="retention")
+        models = [m for m in scorecard.model_names if m != scorecard.reference and m in pivot.columns]
+        lines += ["", f"### Retention of `{scorecard.reference}`'s score per domain", "",
+                  "| domain | " + " | ".join(models) + " |", "|---|" + "---:|" * len(models)]
+        lines += [f"| {d} | " + " | ".join(_md(pivot.loc[d, m]) for m in models) + " |" for d in pivot.index]
+    lines += ["", "<details><summary>All checks</summary>", "", "| result | domain | slice | check | observed | threshold | p | reason |",
+              "|---|---|---|---|---:|---:|---:|---|"]
+    lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in _verdict_frame(verdict).itertuples(index=False)]
+    lines += ["", "</details>", ""]
+    return "\n".join(lines)

@@ -23,6 +23,10 @@ import pandas as pd
 ROW_COLUMNS = ["model", "domain", "slice", "metric", "value", "stderr", "n", "higher_is_better", "primary", "weight"]
 DOMAIN_COLUMNS = ["model", "domain", "retention", "gap", "slices"]
 EFFICIENCY_COLUMNS = ["model", "parameters", "bytes_on_disk", "tokens_per_s", "peak_memory_mb", "seconds"]
+# Per document, for each slice's counting metric: what paired tests need (harness/metrics.py,
+# ``from_sums``). ``doc_hash`` is lm-eval's hash of the document: two models were scored on the
+# same items only if their hashes agree.
+SAMPLE_COLUMNS = ["model", "domain", "slice", "metric", "doc_id", "doc_hash", "value", "weight"]
 # JSON has no NaN: a missing stderr comes back as null, so reading restores the types.
 _ROW_TYPES = {"value": float, "stderr": float, "n": int, "higher_is_better": bool, "primary": bool, "weight": float}
 
@@ -70,6 +74,7 @@ class Scorecard:
     efficiency: pd.DataFrame
     models: dict[str, dict] = field(default_factory=dict)  # per model: source, fingerprint, …
     suite_fingerprint: str = ""
+    samples: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=SAMPLE_COLUMNS))
 
     @property
     def model_names(self) -> list[str]:
@@ -89,9 +94,12 @@ class Scorecard:
         }
 
     def save(self, folder: Path) -> dict[str, Path]:
-        """scorecard.csv (the tidy rows), domains.csv, efficiency.csv and scorecard.json (all)."""
+        """scorecard.csv (the tidy rows), domains.csv, efficiency.csv, samples.csv (per document)
+        and scorecard.json (all but the samples)."""
         folder.mkdir(parents=True, exist_ok=True)
-        paths = {name: folder / name for name in ("scorecard.csv", "domains.csv", "efficiency.csv", "scorecard.json")}
+        paths = {name: folder / name
+                 for name in ("scorecard.csv", "domains.csv", "efficiency.csv", "samples.csv", "scorecard.json")}
+        self.samples.to_csv(paths["samples.csv"], index=False)
         self.rows.to_csv(paths["scorecard.csv"], index=False)
         self.domains.to_csv(paths["domains.csv"], index=False)
         self.efficiency.to_csv(paths["efficiency.csv"], index=False)
@@ -100,11 +108,19 @@ class Scorecard:
 
     @classmethod
     def load(cls, path: Path) -> "Scorecard":
-        data = json.loads(Path(path).read_text())
+        """From scorecard.json (or its folder); samples.csv beside it, when there, comes along."""
+        path = Path(path)
+        path = path / "scorecard.json" if path.is_dir() else path
+        data = json.loads(path.read_text())
+        samples_file = path.parent / "samples.csv"
+        samples = (pd.read_csv(samples_file, dtype={"doc_hash": str}, keep_default_na=False,
+                               na_values={"value": ["", "NaN"], "weight": ["", "NaN"]})
+                   if samples_file.is_file() else pd.DataFrame(columns=SAMPLE_COLUMNS))
         return cls(suite=data["suite"], reference=data["reference"],
                    rows=pd.DataFrame(data["rows"], columns=ROW_COLUMNS).astype(_ROW_TYPES),
                    efficiency=pd.DataFrame(data["efficiency"], columns=EFFICIENCY_COLUMNS),
-                   models=data.get("models", {}), suite_fingerprint=data.get("suite_fingerprint", ""))
+                   models=data.get("models", {}), suite_fingerprint=data.get("suite_fingerprint", ""),
+                   samples=samples[SAMPLE_COLUMNS] if len(samples) else samples)
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness import cache
 from harness import models as model_io
 from harness.errors import BadInput, RuntimeFailure
 from harness.metrics import METRICS
 from harness.models import ModelRef
 from harness.registry import Suite
-from harness.scorecard import EFFICIENCY_COLUMNS, ROW_COLUMNS, Scorecard
+from harness.scorecard import EFFICIENCY_COLUMNS, ROW_COLUMNS, SAMPLE_COLUMNS, Scorecard
 from harness.taskfiles import inline_task
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ class ScoringOptions:
     bootstrap_iters: int | None = None
     seed: int = 1234
     allow_code: bool = False  # lets lm-eval run tasks marked unsafe_code (they execute model output)
+    use_cache: bool = True  # reuse a model's results when nothing that shapes them changed (harness/cache.py)
 
 
 def task_name(domain: str, slice_name: str) -> str:
@@ -100,8 +102,9 @@ def _slice_groups(suite: Suite, options: ScoringOptions) -> dict[int | None, lis
     return groups
 
 
-def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = ScoringOptions()) -> tuple[list[dict], dict]:
-    """Score one model on every slice: (scorecard rows, efficiency figures)."""
+def evaluate_model(ref: ModelRef, suite: Suite,
+                   options: ScoringOptions = ScoringOptions()) -> tuple[list[dict], list[dict], dict]:
+    """Score one model on every slice: (scorecard rows, per-document samples, efficiency figures)."""
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
@@ -115,6 +118,7 @@ def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = Scorin
     iters = options.bootstrap_iters if options.bootstrap_iters is not None else suite.defaults.bootstrap_iters
 
     rows: list[dict] = []
+    samples: list[dict] = []
     tokens, hook = _count_tokens(model)
     started = time.perf_counter()
     try:
@@ -124,7 +128,7 @@ def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = Scorin
                 try:
                     results = lm_eval.simple_evaluate(
                         model=lm, tasks=tasks, task_manager=manager, limit=limit,
-                        num_fewshot=suite.defaults.num_fewshot, bootstrap_iters=iters, log_samples=False,
+                        num_fewshot=suite.defaults.num_fewshot, bootstrap_iters=iters, log_samples=True,
                         random_seed=options.seed, numpy_random_seed=options.seed,
                         torch_random_seed=options.seed, fewshot_random_seed=options.seed,
                         confirm_run_unsafe_code=options.allow_code,
@@ -146,8 +150,9 @@ def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = Scorin
                 if results is None:
                     raise RuntimeFailure(f"model '{ref.name}': lm-eval returned no results")
                 for domain, slice_ in members:
-                    rows += _rows(results, ref.name, domain.name, slice_,
-                                  task_name(domain.name, slice_.name) if not slice_.is_builtin else slice_.task)
+                    name = task_name(domain.name, slice_.name) if not slice_.is_builtin else slice_.task
+                    rows += _rows(results, ref.name, domain.name, slice_, name)
+                    samples += _samples(results, ref.name, domain.name, slice_, name)
     finally:
         hook.remove()
     seconds = time.perf_counter() - started
@@ -159,7 +164,7 @@ def evaluate_model(ref: ModelRef, suite: Suite, options: ScoringOptions = Scorin
         "peak_memory_mb": memory.peak_bytes / 2**20,
         "seconds": seconds,
     }
-    return rows, efficiency
+    return rows, samples, efficiency
 
 
 def _rows(results: dict, model: str, domain: str, slice_, name: str) -> list[dict]:
@@ -195,6 +200,20 @@ def _rows(results: dict, model: str, domain: str, slice_, name: str) -> list[dic
     return out
 
 
+def _samples(results: dict, model: str, domain: str, slice_, name: str) -> list[dict]:
+    """The slice's counting metric per document, as (value, weight) (see metrics.from_sums)."""
+    out = []
+    for sample in results.get("samples", {}).get(name, []):
+        if sample.get("filter", "none") != slice_.filter or slice_.metric not in sample:
+            continue
+        found = sample[slice_.metric]
+        value, weight = (found[0], found[1]) if isinstance(found, (list, tuple)) else (found, 1.0)
+        out.append({"model": model, "domain": domain, "slice": slice_.name, "metric": slice_.metric,
+                    "doc_id": int(sample["doc_id"]), "doc_hash": str(sample.get("doc_hash", "")),
+                    "value": float(value), "weight": float(weight)})
+    return out
+
+
 def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = ScoringOptions(),
                 reference: str | None = None) -> Scorecard:
     """Score every model on the suite; the reference (for retention) defaults to the first."""
@@ -208,15 +227,24 @@ def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = Sc
         raise BadInput(f"--reference '{reference}' is not one of the models ({', '.join(names)})")
     for ref in refs:  # fail on a bad path before spending minutes on the first model
         model_io.check_local(ref)
-    rows, efficiency, provenance = [], [], {}
+    rows, samples, efficiency, provenance = [], [], [], {}
     for ref in refs:
-        log.info("scoring %s (%s)", ref.name, ref.source)
-        model_rows, eff = evaluate_model(ref, suite, options)
+        model_fingerprint = model_io.fingerprint(ref)
+        key = cache.key(model_fingerprint, ref, suite, options)
+        found = cache.load(key) if options.use_cache else None
+        cached = found is not None
+        if not cached:
+            log.info("scoring %s (%s)", ref.name, ref.source)
+            found = evaluate_model(ref, suite, options)
+            cache.store(key, *found)
+        model_rows, model_samples, eff = cache.relabel(found, ref.name)
         rows += model_rows
+        samples += model_samples
         efficiency.append(eff)
-        provenance[ref.name] = {"source": ref.source, "fingerprint": model_io.fingerprint(ref), "dtype": ref.dtype}
+        provenance[ref.name] = {"source": ref.source, "fingerprint": model_fingerprint, "dtype": ref.dtype,
+                                "cache_key": key, "cached": cached}
     return Scorecard(
         suite=suite.name, reference=reference,
         rows=pd.DataFrame(rows, columns=ROW_COLUMNS), efficiency=pd.DataFrame(efficiency, columns=EFFICIENCY_COLUMNS),
-        models=provenance, suite_fingerprint=suite.fingerprint(),
+        models=provenance, suite_fingerprint=suite.fingerprint(), samples=pd.DataFrame(samples, columns=SAMPLE_COLUMNS),
     )
