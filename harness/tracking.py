@@ -65,6 +65,13 @@ def experiment_id(suite_name: str) -> str:
         return mlflow.get_experiment_by_name(name).experiment_id
 
 
+def active() -> bool:
+    """Whether a run is open (the next one then nests under it)."""
+    import mlflow
+
+    return mlflow.active_run() is not None
+
+
 @contextmanager
 def tracked_run(suite_name: str, kind: str, run_name: str, tags: dict | None = None, nested: bool = False):
     """An MLflow run that ends FINISHED only if its block completes."""
