@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import home, promotion, tracking
-from harness.errors import EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_PASS, BadInput, ValidationFailed
+from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput, ValidationFailed
 from harness.gate import Verdict, decide
 from harness.models import ModelRef
 from harness.registry import Suite
@@ -84,12 +84,12 @@ def judge(suite: Suite, scorecard: Scorecard, champion: bool) -> tuple[Verdict, 
     """The verdict and exit code over a scorecard of teacher, candidate (and champion).
 
     A scorecard that fails validation is not trusted: its failures join the verdict as failing
-    checks and the exit code is 2 (bad input), so the gate can never pass on it."""
+    checks, so the gate fails (exit 1) and says why; it can never pass on such evidence."""
     verdict = decide(suite, scorecard, "candidate", "champion" if champion else None)
     try:
         validate_scorecard(scorecard, suite)
     except ValidationFailed as err:
-        return verdict.with_failures("scorecard", "valid", err.failures), EXIT_BAD_INPUT
+        verdict = verdict.with_failures("scorecard", "valid", err.failures)
     return verdict, EXIT_PASS if verdict.passed else EXIT_GATE_FAILED
 
 

@@ -11,14 +11,17 @@ import pytest
 
 from harness import home
 
+pytest_plugins = ["pytester"]  # runs the kdh pytest plugin in a subprocess (tests/test_gate_cli.py)
+
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "suites" / "tasks"
 
 
 @pytest.fixture(scope="session", autouse=True)
 def kdh_env(tmp_path_factory):
-    """Every test runs against its own kdh home, the tiny demo world and a local store."""
-    root = tmp_path_factory.mktemp("kdh-home")
+    """Every test runs against its own kdh home, the tiny demo world and a local store.
+    ``KDH_TEST_HOME`` keeps that home between runs (the tiny world then builds once), for development."""
+    root = Path(os.environ["KDH_TEST_HOME"]) if os.environ.get("KDH_TEST_HOME") else tmp_path_factory.mktemp("kdh-home")
     saved = {k: os.environ.get(k) for k in ("KDH_HOME", "KDH_DEMO_SIZE", "MLFLOW_TRACKING_URI")}
     os.environ.update(KDH_HOME=str(root), KDH_DEMO_SIZE="tiny")
     os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -36,6 +39,17 @@ def tiny_world(kdh_env):
     from harness.demo import ensure_world
 
     return ensure_world(home.kdh_home(), size="tiny", progress=False)
+
+
+@pytest.fixture(scope="session")
+def lenient_suite(tmp_path_factory):
+    """The default suite with a retention floor the tiny student meets: what is left to fail on is
+    a regression against the champion."""
+    folder = tmp_path_factory.mktemp("suite")
+    shutil.copytree(home.repo_suites_dir() / "tasks", folder / "tasks")
+    text = (home.repo_suites_dir() / "default.yaml").read_text().replace("min_retention: 0.6", "min_retention: 0.1")
+    (folder / "default.yaml").write_text(text)
+    return folder / "default.yaml"
 
 
 @pytest.fixture

@@ -1,0 +1,82 @@
+"""`kdh loop` and `kdh promote` end to end on the tiny demo world: real scoring, real DDK
+distillation, a real MLflow store and model registry. What a user relies on: the loop retrains the
+weak domains and promotes only a candidate that passes; the champion is addressable as
+`models:/kdh-<suite>@champion`; promotion needs a passing gate, and a rollback moves the alias back."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from harness import promotion
+from harness.cli import main
+from harness.models import ModelRef, fingerprint
+from harness.scorecard import Scorecard
+
+
+@pytest.fixture(scope="module")
+def looped(tiny_world, lenient_suite, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("loop")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"  # its own store: the registry starts empty
+    code = main(["loop", "--suite", str(lenient_suite), "--steps", "40", "--interval", "10", "--tracking-uri", uri,
+                 "--out", str(folder / "out"), "--summary", str(folder / "summary.md")])
+    return code, folder, uri, tiny_world
+
+
+def test_the_loop_promotes_a_candidate_that_beats_the_base_student_on_its_weakest_domain(looped, capsys):
+    code, folder, uri, world = looped
+    assert code == 0
+    before = Scorecard.load(folder / "out" / "round-1" / "before").domains.set_index(["model", "domain"])["retention"]
+    after = Scorecard.load(folder / "out" / "round-1" / "gate").domains.set_index(["model", "domain"])["retention"]
+    weakest = before["student"].idxmin()
+    assert after[("candidate", weakest)] > before[("student", weakest)]
+    mlflow.set_tracking_uri(uri)
+    champion = promotion.champion_version("kdh-default")
+    candidate = folder / "out" / "round-1" / "distill" / "student"
+    assert champion is not None and int(champion.version) == 1
+    assert champion.tags["kdh.fingerprint"] == fingerprint(ModelRef("c", str(candidate)))
+    assert (folder / "summary.md").read_text().startswith("## ✅")
+
+
+def test_the_loop_is_one_mlflow_parent_run_with_its_steps_nested(looped):
+    _, _, uri, _ = looped
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["kdh/default"])
+    assert (runs["status"] == "FINISHED").all()
+    loop = runs[runs["tags.kdh.kind"] == "loop"]
+    assert len(loop) == 1 and loop["tags.kdh.verdict"].iloc[0] == "pass"
+    children = runs[runs["tags.mlflow.parentRunId"] == loop["run_id"].iloc[0]]
+    assert sorted(children["tags.kdh.kind"]) == ["distill", "eval", "gate"]
+    tables = [a.path for a in MlflowClient().list_artifacts(loop["run_id"].iloc[0], "tables")]
+    assert "tables/before_after.json" in tables
+
+
+def test_the_champion_alias_works_wherever_a_model_is_named(looped, tmp_path):
+    _, folder, uri, world = looped
+    code = main(["eval", "--model", f"teacher={world.teacher_dir}", "--model", "champion=models:/kdh-default@champion",
+                 "--limit", "4", "--tracking-uri", uri, "--out", str(tmp_path)])
+    assert code == 0
+    card = Scorecard.load(tmp_path)
+    promoted = folder / "out" / "round-1" / "distill" / "student"
+    assert card.models["champion"]["fingerprint"] == fingerprint(ModelRef("c", str(promoted)))
+
+
+def test_promotion_needs_a_passing_gate_and_rolls_back(looped, lenient_suite, tmp_path, capsys):
+    _, folder, uri, world = looped
+    common = ["--suite", str(lenient_suite), "--tracking-uri", uri]
+    assert main(["promote", "--rollback", *common]) == 2  # v1 was the first champion
+    assert "first champion" in capsys.readouterr().err
+
+    assert main(["promote", "--candidate", str(world.student_dir), *common]) == 1  # never gated
+    assert "no passing `kdh gate` run" in capsys.readouterr().err
+    assert main(["gate", "--candidate", str(world.student_dir), "--champion", "none", "--teacher",
+                 str(world.teacher_dir), "--out", str(tmp_path / "gate"), *common]) == 0
+    assert main(["promote", "--candidate", str(world.student_dir), *common]) == 0
+    mlflow.set_tracking_uri(uri)
+    assert int(promotion.champion_version("kdh-default").version) == 2
+
+    assert main(["promote", "--rollback", *common]) == 0
+    assert int(promotion.champion_version("kdh-default").version) == 1
+    history = promotion.history("kdh-default")
+    assert list(history["version"]) == [2, 1] and list(history["champion"]) == [False, True]
