@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from harness.scorecard import ROW_COLUMNS, Scorecard, domain_aggregates, side_by_side, slice_retention
+from harness.scorecard import ROW_COLUMNS, SAMPLE_COLUMNS, Scorecard, domain_aggregates, side_by_side, slice_retention
 
 
 def row(model, domain, slice_, metric, value, higher, weight=1.0, primary=True):
@@ -61,10 +61,15 @@ def test_side_by_side_shows_one_column_per_model_and_the_direction():
 def test_save_and_load_round_trip(tmp_path):
     eff = pd.DataFrame([{"model": "teacher", "parameters": 10, "bytes_on_disk": 40, "tokens_per_s": 1.0,
                          "peak_memory_mb": 1.0, "seconds": 1.0}])
-    card = Scorecard("s", "teacher", ROWS, eff, models={"teacher": {"fingerprint": "abc"}}, suite_fingerprint="f")
+    samples = pd.DataFrame([["teacher", "code", "ppl", "bits_per_byte", 0, "00ab", -812.5, 300.0],
+                            ["teacher", "code", "mc", "acc", 1, "", 1.0, 1.0]], columns=SAMPLE_COLUMNS)
+    card = Scorecard("s", "teacher", ROWS, eff, models={"teacher": {"fingerprint": "abc"}}, suite_fingerprint="f",
+                     samples=samples)
     paths = card.save(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"scorecard.csv", "domains.csv", "efficiency.csv", "scorecard.json"}
+    assert {p.name for p in tmp_path.iterdir()} == {"scorecard.csv", "domains.csv", "efficiency.csv", "samples.csv",
+                                                    "scorecard.json"}
     back = Scorecard.load(paths["scorecard.json"])
     pd.testing.assert_frame_equal(back.rows, ROWS, check_dtype=False)
+    pd.testing.assert_frame_equal(back.samples, samples, check_dtype=False)  # hashes stay strings ("00ab", "")
     assert back.models == card.models and back.reference == "teacher"
     assert pd.read_csv(paths["domains.csv"])["retention"].tolist() == pytest.approx(card.domains["retention"].tolist())
