@@ -29,7 +29,8 @@ def demo_world(progress: bool = True):
     return ensure_world(home.kdh_home(), size=size, progress=progress)
 
 
-def _load(path: str, allow_code: bool = False):
+def open_suite(path: str, allow_code: bool = False):
+    """A suite file, with ``demo://`` paths resolved into the demo world (built on first use)."""
     from harness.registry import load_suite
 
     return load_suite(path, demo_data=lambda: demo_world().data_dir, allow_code=allow_code)
@@ -83,7 +84,7 @@ def cmd_suites_list(args) -> int:
     rows = []
     for path in discover_suites(folder):
         try:
-            suite = _load(str(path), allow_code=args.allow_code)
+            suite = open_suite(str(path), allow_code=args.allow_code)
             rows.append({"suite": suite.name, "domains": len(suite.domains),
                          "slices": sum(len(d.slices) for d in suite.domains), "file": path.name, "status": "ok"})
         except KdhError as err:
@@ -99,7 +100,7 @@ def cmd_suites_list(args) -> int:
 def cmd_suites_validate(args) -> int:
     from harness.registry import check_builtin_tasks
 
-    suite = _load(args.file, allow_code=args.allow_code)
+    suite = open_suite(args.file, allow_code=args.allow_code)
     check_builtin_tasks(suite)
     print(f"{suite.path}: ok · suite '{suite.name}' · {len(suite.domains)} domains · "
           f"{sum(len(d.slices) for d in suite.domains)} slices")
@@ -114,7 +115,7 @@ def _options(args) -> dict:
     return {"dtype": args.dtype, "device": args.device}
 
 
-def _ref(name: str, source: str, args):
+def model_ref(name: str, source: str, args):
     """A model named on the command line; ``models:/NAME@champion`` resolves to a local copy."""
     from harness import promotion
     from harness.models import ModelRef
@@ -122,7 +123,7 @@ def _ref(name: str, source: str, args):
     return ModelRef(name, promotion.resolve(str(source)), **_options(args))
 
 
-def _scoring(args):
+def scoring_options(args):
     from harness.scoring import ScoringOptions
 
     return ScoringOptions(limit=args.limit, batch_size=args.batch_size, allow_code=args.allow_code,
@@ -137,14 +138,14 @@ def cmd_eval(args) -> int:
     from harness.report import scorecard_report
 
     uri = tracking.connect(args.tracking_uri)  # a dead server fails now, not after the scoring
-    suite = _load(args.suite or str(default_suite()), allow_code=args.allow_code)
+    suite = open_suite(args.suite or str(default_suite()), allow_code=args.allow_code)
     check_builtin_tasks(suite)
     if args.model:
         refs = [ModelRef.parse(spec, **_options(args)) for spec in args.model]
-        refs = [_ref(r.name, r.source, args) for r in refs]
+        refs = [model_ref(r.name, r.source, args) for r in refs]
     else:
         world = demo_world()
-        refs = [_ref("teacher", world.teacher_dir, args), _ref("student", world.student_dir, args)]
+        refs = [model_ref("teacher", world.teacher_dir, args), model_ref("student", world.student_dir, args)]
     if args.reference:
         names = [r.name for r in refs]
         if args.reference not in names:
@@ -153,7 +154,7 @@ def cmd_eval(args) -> int:
     out = Path(args.out) if args.out else home.kdh_home() / "evals" / f"{suite.name}-{stamp()}"
     print(f"kdh eval · suite '{suite.name}' ({suite.path}) · models {', '.join(r.name for r in refs)} · "
           f"tracking {tracking.redact(uri)}", file=sys.stderr)
-    scorecard, run_id = evaluate(suite, refs, _scoring(args), out, f"eval {suite.name}")
+    scorecard, run_id = evaluate(suite, refs, scoring_options(args), out, f"eval {suite.name}")
     print(f"scoring: {cached_note(scorecard)}", file=sys.stderr)
     print()
     print(scorecard_report(scorecard))
@@ -163,105 +164,13 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_gate(args) -> int:
-    import pandas as pd
-
-    from harness import loop, promotion, tracking
-    from harness.gate import VERDICT_COLUMNS, Verdict
-    from harness.models import ModelRef
-    from harness.scorecard import Scorecard
-
-    uri = tracking.connect(args.tracking_uri)
-    suite = _load(args.suite or str(default_suite()), allow_code=args.allow_code)
-    out = Path(args.out) if args.out else home.kdh_home() / "gates" / f"{suite.name}-{loop.stamp()}"
-    scorecard = champion = None
-    if args.scorecard:  # gate results already scored (names: teacher, candidate, champion)
-        try:
-            scorecard = Scorecard.load(Path(args.scorecard))
-        except (OSError, ValueError, KeyError) as err:
-            raise BadInput(f"--scorecard {args.scorecard}: not a kdh scorecard.json ({err})") from None
-        sources = {m: p.get("source", m) for m, p in scorecard.models.items()}
-        teacher = ModelRef(scorecard.reference, sources.get(scorecard.reference, ""))
-        candidate = ModelRef("candidate", sources.get("candidate", "(missing)"))
-        champion = ModelRef("champion", sources["champion"]) if "champion" in sources else None
-    else:
-        world = None if (args.teacher and args.candidate) else demo_world()
-        teacher = _ref("teacher", args.teacher or world.teacher_dir, args)
-        candidate = _ref("candidate", args.candidate or loop.newest_student(suite) or world.student_dir, args)
-        registered = promotion.registered_name(suite.name)
-        if args.champion and args.champion != "none":
-            champion = _ref("champion", args.champion, args)
-        elif args.champion is None and promotion.champion_version(registered) is not None:
-            champion = _ref("champion", f"models:/{registered}@champion", args)
-    print(f"kdh gate · suite '{suite.name}' · candidate {candidate.source} · champion "
-          f"{champion.source if champion else 'none'} · tracking {tracking.redact(uri)}", file=sys.stderr)
-    try:
-        outcome = loop.gate(suite, teacher, candidate, champion, _scoring(args), out, args.junit, args.summary, scorecard)
-    except KdhError as err:  # CI still gets a report that says the gate did not pass, and why
-        failed = Verdict(pd.DataFrame(columns=VERDICT_COLUMNS), candidate.name, None, teacher.name)
-        loop.write_verdict_files(failed.with_failures("gate", "run", [str(err)]), suite, None, args.junit, args.summary)
-        raise
-    print(loop.verdict_report(outcome.verdict))
-    print(f"\nVerdict: {out / 'verdict.csv'} · MLflow run {outcome.run_id}"
-          + (f" · JUnit {args.junit}" if args.junit else "") + (f" · summary {args.summary}" if args.summary else ""))
-    return outcome.exit_code
-
-
-def cmd_promote(args) -> int:
-    from harness import loop, promotion, tracking
-    from harness.models import ModelRef, fingerprint
-    from harness.report import table
-
-    tracking.connect(args.tracking_uri)
-    suite = _load(args.suite or str(default_suite()))
-    name = args.name or promotion.registered_name(suite.name)
-    if args.rollback:
-        moved = promotion.rollback(name)
-        print(f"models:/{name}@champion: version {moved['left']} → {moved['version']} (rolled back)")
-    elif args.candidate or not args.list:
-        source = args.candidate or loop.newest_student(suite)
-        if source is None:
-            raise BadInput("no candidate: give --candidate PATH (or run `kdh distill` / `kdh loop` first)")
-        candidate = ModelRef("candidate", promotion.resolve(str(source)))
-        gate_run = loop.passing_gate_run(suite.name, fingerprint(candidate))
-        if gate_run is None and not args.force:
-            print(f"kdh: {source} has no passing `kdh gate` run in kdh/{suite.name}: gate it first "
-                  "(or --force to promote without one)", file=sys.stderr)
-            return 1
-        with tracking.tracked_run(suite.name, "promote", f"promote {Path(candidate.source).name}"):
-            promoted = promotion.promote(Path(candidate.source), name, tags={"kdh.gate_run": gate_run or "forced"})
-        print(f"models:/{name}@champion → version {promoted['version']} (was {promoted['previous'] or 'none'})")
-    print(table(promotion.history(name)))
-    return 0
-
-
-def cmd_loop(args) -> int:
-    from harness import loop, tracking
-
-    uri = tracking.connect(args.tracking_uri)
-    suite = _load(args.suite or str(default_suite()))
-    loop.distill_domains(suite)  # bad input fails now, not after the first scoring
-    world = None if (args.teacher and args.student) else demo_world()
-    teacher = _ref("teacher", args.teacher or world.teacher_dir, args)
-    base = _ref("student", args.student or world.student_dir, args).source
-    settings = loop.LoopSettings(rounds=args.rounds, steps=args.steps, batch_size=args.train_batch_size,
-                                 kd_weight=args.kd_weight, interval=args.interval, seed=args.seed,
-                                 promote=not args.no_promote)
-    out = Path(args.out) if args.out else home.kdh_home() / "loop" / f"{suite.name}-{loop.stamp()}"
-    print(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
-          f"{args.rounds} round(s) · tracking {tracking.redact(uri)}", file=sys.stderr)
-    started = time.perf_counter()
-    code = loop.run_loop(suite, teacher, base, settings, _scoring(args), out, args.junit, args.summary)
-    print(f"\nkdh loop: {'done' if code == 0 else 'the candidate was rejected'} in {time.perf_counter() - started:.0f} s · {out}")
-    return code
-
-
 def cmd_distill(args) -> int:
     import pandas as pd
     from accelerate import PartialState
 
     from distiller.trainer import DistillConfig, DistillError, distill
     from harness import tracking
+    from harness.loop import distill_domains
     from harness.report import table
 
     import torch
@@ -269,11 +178,8 @@ def cmd_distill(args) -> int:
     # Under a multi-process launch, one process tracks. Accelerate enters its multi-CPU mode only
     # when told it runs on the CPU, so say so where there is no GPU.
     main_process = PartialState(cpu=not torch.cuda.is_available()).is_main_process
-    suite = _load(args.suite or str(default_suite()))
-    missing = [d.name for d in suite.domains if d.train is None or d.validation is None]
-    if missing:
-        raise BadInput(f"{suite.path}: domain(s) {', '.join(missing)} need `train:` and `validation:` files to distil")
-    domains = {d.name: (d.train, d.validation) for d in suite.domains}
+    suite = open_suite(args.suite or str(default_suite()))
+    domains = distill_domains(suite)
     if args.teacher and args.student:
         teacher, student = args.teacher, args.student
     elif args.teacher or args.student:
@@ -327,6 +233,8 @@ def cmd_distill(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from harness import cli_loop
+
     parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -353,48 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a model to score (repeat; a folder or models:/NAME@ALIAS; default: the demo teacher and student)")
     ev.add_argument("--reference", help="the model retention is measured against (default: the first)")
     ev.add_argument("--out", help="folder for scorecard.csv/json (default: $KDH_HOME/evals/…)")
-    _scoring_arguments(ev)
+    scoring_arguments(ev)
     ev.set_defaults(func=cmd_eval)
-
-    ga = verbs.add_parser("gate", help="pass or fail a candidate against the teacher and the champion (exit 1 on fail)")
-    ga.add_argument("--suite", help="suite file (default: suites/default.yaml)")
-    ga.add_argument("--candidate", help="the student to judge (default: the newest distilled student, else the demo student)")
-    ga.add_argument("--teacher", help="default: the demo teacher")
-    ga.add_argument("--champion", help="the model a regression is measured against (default: models:/kdh-SUITE@champion "
-                                       "when one is registered; 'none' to skip the regression checks)")
-    ga.add_argument("--scorecard", help="gate an existing scorecard.json (models teacher, candidate, champion) instead of scoring")
-    ga.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per domain, slice and check")
-    ga.add_argument("--summary", metavar="FILE", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
-    ga.add_argument("--out", help="folder for the scorecard and verdict.csv (default: $KDH_HOME/gates/…)")
-    _scoring_arguments(ga)
-    ga.set_defaults(func=cmd_gate)
-
-    pr = verbs.add_parser("promote", help="move the registry alias 'champion' to a gated candidate, or back")
-    pr.add_argument("--suite", help="suite file (default: suites/default.yaml); names the registered model")
-    pr.add_argument("--candidate", help="the student to promote (default: the newest distilled student)")
-    pr.add_argument("--name", help="registered model name (default: kdh-SUITE)")
-    pr.add_argument("--rollback", action="store_true", help="move 'champion' back to the previous champion")
-    pr.add_argument("--list", action="store_true", help="show the versions and which is champion")
-    pr.add_argument("--force", action="store_true", help="promote without a passing gate run")
-    pr.add_argument("--tracking-uri")
-    pr.set_defaults(func=cmd_promote)
-
-    lo = verbs.add_parser("loop", help="evaluate → distil the weak domains with DDK → gate → promote")
-    lo.add_argument("--suite", help="suite file (default: suites/default.yaml)")
-    lo.add_argument("--teacher", help="default: the demo teacher")
-    lo.add_argument("--student", help="the base student, used while no champion is registered (default: the demo student)")
-    lo.add_argument("--rounds", type=int, default=1, help="repeat while weak domains remain (default 1)")
-    lo.add_argument("--steps", type=int, default=300, help="distillation steps per round")
-    lo.add_argument("--train-batch-size", type=int, default=8)
-    lo.add_argument("--kd-weight", type=float, default=0.2)
-    lo.add_argument("--interval", type=int, default=50, help="K: steps between DDK mixture updates")
-    lo.add_argument("--seed", type=int, default=0)
-    lo.add_argument("--no-promote", action="store_true", help="gate, but leave the champion where it is")
-    lo.add_argument("--junit", metavar="FILE")
-    lo.add_argument("--summary", metavar="FILE")
-    lo.add_argument("--out", help="default: $KDH_HOME/loop/…")
-    _scoring_arguments(lo)
-    lo.set_defaults(func=cmd_loop)
 
     di = verbs.add_parser("distill", help="distil the teacher into the student with DDK domain sampling")
     di.add_argument("--suite", help="suite whose domains' train/validation files are used (default: suites/default.yaml)")
@@ -418,10 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     di.add_argument("--tracking-uri")
     di.set_defaults(func=cmd_distill)
+    cli_loop.add_verbs(verbs)  # gate, promote, loop
     return parser
 
 
-def _scoring_arguments(parser) -> None:
+def scoring_arguments(parser) -> None:
     parser.add_argument("--limit", type=int, help="documents or items per slice (overrides the suite)")
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--dtype", default="float32")

@@ -114,12 +114,12 @@ def pytest_configure(config):
     if not path:
         return
     from harness import home
-    from harness.cli import _load
+    from harness.cli import open_suite
     from harness.errors import KdhError
 
     home.configure_environment()
     try:
-        config.stash[_SUITE] = _load(path)
+        config.stash[_SUITE] = open_suite(path)
     except KdhError as err:
         raise pytest.UsageError(f"--kdh-suite: {err}") from None
 
