@@ -204,8 +204,8 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
 
         mlflow.log_params({"suite": suite.name, "teacher": teacher.source, "base_student": base_student,
                            **{f"loop.{k}": v for k, v in vars(settings).items()}})
+        student_dir, label = current_champion(suite, base_student)
         for round_no in range(1, settings.rounds + 1):
-            student_dir, label = current_champion(suite, base_student)
             say(f"\n━━ Round {round_no}/{settings.rounds} · student: {label} ({student_dir})")
             round_out = out / f"round-{round_no}"
             note("  scoring the teacher and the student …")
@@ -241,6 +241,8 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
                                              tags={"kdh.loop_run": parent.info.run_id, "kdh.round": str(round_no),
                                                    "kdh.gate_run": outcome.run_id})
                 say(f"  promoted: models:/{registered}@champion → version {promoted['version']}")
+            # The next round starts from this candidate (the same bytes as the new champion).
+            student_dir, label = str(result.student_dir), f"round {round_no}'s candidate"
         if after is not None:
             say("\n" + before_after(before, after))
             mlflow.log_table(before_after_frame(before, after), artifact_file="tables/before_after.json")

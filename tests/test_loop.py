@@ -19,7 +19,9 @@ from harness.scorecard import Scorecard
 def looped(tiny_world, lenient_suite, tmp_path_factory):
     folder = tmp_path_factory.mktemp("loop")
     uri = f"sqlite:///{folder / 'mlflow.db'}"  # its own store: the registry starts empty
-    code = main(["loop", "--suite", str(lenient_suite), "--steps", "40", "--interval", "10", "--tracking-uri", uri,
+    # Two rounds allowed; after the first, no domain is below the (lenient) floor, so the second
+    # only scores the new champion and stops.
+    code = main(["loop", "--suite", str(lenient_suite), "--rounds", "2", "--steps", "40", "--interval", "10", "--tracking-uri", uri,
                  "--out", str(folder / "out"), "--summary", str(folder / "summary.md")])
     return code, folder, uri, tiny_world
 
@@ -47,7 +49,7 @@ def test_the_loop_is_one_mlflow_parent_run_with_its_steps_nested(looped):
     loop = runs[runs["tags.kdh.kind"] == "loop"]
     assert len(loop) == 1 and loop["tags.kdh.verdict"].iloc[0] == "pass"
     children = runs[runs["tags.mlflow.parentRunId"] == loop["run_id"].iloc[0]]
-    assert sorted(children["tags.kdh.kind"]) == ["distill", "eval", "gate"]
+    assert sorted(children["tags.kdh.kind"]) == ["distill", "eval", "eval", "gate"]  # round 2 stopped after scoring
     tables = [a.path for a in MlflowClient().list_artifacts(loop["run_id"].iloc[0], "tables")]
     assert "tables/before_after.json" in tables
 
