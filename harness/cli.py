@@ -112,7 +112,8 @@ def cmd_suites_validate(args) -> int:
 
 
 def _options(args) -> dict:
-    return {"dtype": args.dtype, "device": args.device}
+    return {"dtype": args.dtype, "device": args.device, "allow_pickle": args.allow_pickle,
+            "trust_remote_code": args.trust_remote_code}
 
 
 def model_ref(name: str, source: str, args):
@@ -120,7 +121,7 @@ def model_ref(name: str, source: str, args):
     from harness import promotion
     from harness.models import ModelRef
 
-    return ModelRef(name, promotion.resolve(str(source)), **_options(args))
+    return ModelRef.parse(f"{name}={promotion.resolve(str(source))}", **_options(args))
 
 
 def scoring_options(args):
@@ -181,7 +182,11 @@ def cmd_distill(args) -> int:
     suite = open_suite(args.suite or str(default_suite()))
     domains = distill_domains(suite)
     if args.teacher and args.student:
-        teacher, student = args.teacher, args.student
+        from harness import promotion
+
+        if any(a.startswith("models:/") for a in (args.teacher, args.student)):
+            tracking.connect(args.tracking_uri)  # the registry that names them
+        teacher, student = promotion.resolve(args.teacher), promotion.resolve(args.student)
     elif args.teacher or args.student:
         raise BadInput("give both --teacher and --student, or neither for the demo pair")
     else:
@@ -298,6 +303,9 @@ def scoring_arguments(parser) -> None:
     parser.add_argument("--no-cache", action="store_true", help="score every model again, even if unchanged")
     parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the kdh home)")
     parser.add_argument("--allow-code", action="store_true", help="allow task files that run code (!function)")
+    parser.add_argument("--allow-pickle", action="store_true", help="load pickle (.bin) weights; they can run code")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="run the modelling code a model folder ships (transformers' trust_remote_code)")
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -319,7 +327,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except KdhError as err:
-        print(f"kdh: error: {err}", file=sys.stderr)
+        from harness.tracking import redact
+
+        print(f"kdh: error: {redact(str(err))}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
         print("kdh: interrupted", file=sys.stderr)
@@ -327,7 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:  # a failure while running: say what, keep the traceback for -v
         if args.verbose:
             traceback.print_exc()
-        print(f"kdh: failed while running: {type(err).__name__}: {err}", file=sys.stderr)
+        from harness.tracking import redact
+
+        message = redact(f"{type(err).__name__}: {err}")
+        if "database is locked" in message or ("sqlite3.OperationalError" in message):  # one writer at a time
+            message = ("the local MLflow store (SQLite) is busy: another kdh process is writing to it. Run one "
+                       "kdh process at a time against it, or start a server for concurrent runs (`mlflow server "
+                       "--backend-store-uri sqlite:///PATH.db`) and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
+        print(f"kdh: failed while running: {message}", file=sys.stderr)
         return EXIT_RUNTIME
 
 

@@ -16,7 +16,7 @@ def cmd_gate(args) -> int:
     import pandas as pd
 
     from harness import loop, promotion, tracking
-    from harness.gate import VERDICT_COLUMNS, Verdict
+    from harness.gate import VERDICT_COLUMNS, Verdict, mismatch
     from harness.models import ModelRef
     from harness.scorecard import Scorecard
 
@@ -25,10 +25,11 @@ def cmd_gate(args) -> int:
     out = Path(args.out) if args.out else home.kdh_home() / "gates" / f"{suite.name}-{loop.stamp()}"
     scorecard = champion = None
     if args.scorecard:  # gate results already scored (names: teacher, candidate, champion)
-        try:
-            scorecard = Scorecard.load(Path(args.scorecard))
-        except (OSError, ValueError, KeyError) as err:
-            raise BadInput(f"--scorecard {args.scorecard}: not a kdh scorecard.json ({err})") from None
+        scorecard = Scorecard.load(Path(args.scorecard))
+        problems = mismatch(suite, scorecard)
+        if problems:
+            raise BadInput(f"--scorecard {args.scorecard} does not match {suite.path}: {'; '.join(problems)}. "
+                           "Score again (kdh gate without --scorecard; unchanged models come from the cache)")
         sources = {m: p.get("source", m) for m, p in scorecard.models.items()}
         teacher = ModelRef(scorecard.reference, sources.get(scorecard.reference, ""))
         candidate = ModelRef("candidate", sources.get("candidate", "(missing)"))

@@ -62,6 +62,22 @@ class Verdict:
         return Verdict(pd.concat([self.rows, extra], ignore_index=True), self.candidate, self.champion, self.teacher)
 
 
+def mismatch(suite: Suite, card: Scorecard) -> list[str]:
+    """How a scorecard made earlier no longer fits the suite (judged on the teacher's rows, which
+    cover every slice of the suite it was scored on); empty when it fits."""
+    problems = []
+    if card.suite != suite.name:
+        problems.append(f"it was scored on suite '{card.suite}', not '{suite.name}'")
+    teacher = card.rows[card.rows["primary"] & (card.rows["model"] == card.reference)]
+    scored = {(r.domain, r.slice, r.metric) for r in teacher.itertuples()}
+    wanted = {(d.name, s.name, s.metric) for d in suite.domains for s in d.slices}
+    if scored - wanted:
+        problems.append("the suite no longer has " + ", ".join(sorted("/".join(k) for k in scored - wanted)))
+    if wanted - scored:
+        problems.append("it has no teacher result for " + ", ".join(sorted("/".join(k) for k in wanted - scored)))
+    return problems
+
+
 def planned_checks(suite: Suite) -> list[tuple[str, str, str]]:
     """(domain, slice, check) for every check the gate makes on this suite, in verdict order."""
     out = []

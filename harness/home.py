@@ -19,6 +19,8 @@ _OFFLINE_DEFAULTS = {
     "DO_NOT_TRACK": "true",
     "TOKENIZERS_PARALLELISM": "false",
     "GX_ANALYTICS_ENABLED": "false",
+    # MLflow prints "View run … at: <tracking URI>" on stdout, credentials and all.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
     # lm-eval's bootstrap runs a process pool otherwise; with 2 cores it costs more than it saves.
     "DISABLE_MULTIPROC": "1",
 }

@@ -209,9 +209,9 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
             say(f"\n━━ Round {round_no}/{settings.rounds} · student: {label} ({student_dir})")
             round_out = out / f"round-{round_no}"
             note("  scoring the teacher and the student …")
-            card, _ = evaluate(suite, [replace(teacher, name="teacher"), ModelRef("student", student_dir,
-                               dtype=teacher.dtype, device=teacher.device)], options, round_out / "before",
-                               f"round {round_no}: teacher vs {label}")
+            # Every model loads as the teacher does (dtype, device, what it may trust).
+            card, _ = evaluate(suite, [replace(teacher, name="teacher"), replace(teacher, name="student", source=student_dir)],
+                               options, round_out / "before", f"round {round_no}: teacher vs {label}")
             note(f"  scoring: {cached_note(card)}")
             before = before if before is not None else card
             weak = weak_domains(card, suite)
@@ -226,10 +226,8 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
                                 if k.startswith("weight/"))
             say(f"  distilled: {result.steps} steps, {result.tokens_per_s:,.0f} tokens/s · last DDK weights: {weights}")
             note("  gating the candidate …")
-            outcome = gate(suite, teacher, ModelRef("candidate", str(result.student_dir), dtype=teacher.dtype,
-                                                    device=teacher.device),
-                           ModelRef("champion", student_dir, dtype=teacher.dtype, device=teacher.device),
-                           options, round_out / "gate", junit, summary)
+            outcome = gate(suite, teacher, replace(teacher, name="candidate", source=str(result.student_dir)),
+                           replace(teacher, name="champion", source=student_dir), options, round_out / "gate", junit, summary)
             say(verdict_report(outcome.verdict))
             after = outcome.scorecard
             if not outcome.verdict.passed:

@@ -25,6 +25,7 @@ class ModelRef:
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
+    allow_pickle: bool = False  # pickle (.bin) weights can run code when loaded: off unless asked for
 
     @classmethod
     def parse(cls, spec: str, **options) -> "ModelRef":
@@ -89,15 +90,22 @@ def load(ref: ModelRef):
     except (OSError, ValueError, json.JSONDecodeError) as err:
         raise BadInput(f"model '{ref.name}': cannot read the config of {source}: {err}") from None
     dtype = "auto" if ref.dtype == "auto" else getattr(torch, ref.dtype)
+    if path is not None and not ref.allow_pickle and not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        if pickled:
+            raise BadInput(f"model '{ref.name}': {path} holds pickle weights only ({', '.join(pickled)}); loading "
+                           "a pickle can run code. Convert them to safetensors, or pass --allow-pickle if you "
+                           "trust the files")
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=dtype, use_safetensors=True, trust_remote_code=ref.trust_remote_code)
+            source, dtype=dtype, use_safetensors=None if ref.allow_pickle else True,
+            trust_remote_code=ref.trust_remote_code)
     except ValueError as err:
         raise BadInput(f"model '{ref.name}': {source} ({config.model_type}) is not a causal LM "
                        f"that transformers can load: {err}") from None
     except OSError as err:
         raise BadInput(f"model '{ref.name}': cannot load weights from {source}: {err} "
-                       "(kdh loads safetensors weights only)") from None
+                       "(kdh loads safetensors weights unless --allow-pickle)") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=ref.trust_remote_code)
     except (OSError, ValueError) as err:

@@ -107,20 +107,45 @@ class Scorecard:
         return paths
 
     @classmethod
-    def load(cls, path: Path) -> "Scorecard":
-        """From scorecard.json (or its folder); samples.csv beside it, when there, comes along."""
+    def load(cls, path: Path) -> Scorecard:
+        """From scorecard.json (or its folder); samples.csv beside it, when there, comes along.
+        Anything that is not a kdh scorecard is ``BadInput`` naming the file and what is wrong."""
+        from harness.errors import BadInput
+
         path = Path(path)
         path = path / "scorecard.json" if path.is_dir() else path
-        data = json.loads(path.read_text())
-        samples_file = path.parent / "samples.csv"
-        samples = (pd.read_csv(samples_file, dtype={"doc_hash": str}, keep_default_na=False,
-                               na_values={"value": ["", "NaN"], "weight": ["", "NaN"]})
-                   if samples_file.is_file() else pd.DataFrame(columns=SAMPLE_COLUMNS))
-        return cls(suite=data["suite"], reference=data["reference"],
-                   rows=pd.DataFrame(data["rows"], columns=ROW_COLUMNS).astype(_ROW_TYPES),
-                   efficiency=pd.DataFrame(data["efficiency"], columns=EFFICIENCY_COLUMNS),
-                   models=data.get("models", {}), suite_fingerprint=data.get("suite_fingerprint", ""),
-                   samples=samples[SAMPLE_COLUMNS] if len(samples) else samples)
+        try:
+            data = json.loads(path.read_text())
+            if not isinstance(data, dict):
+                raise ValueError(f"expected a JSON object, found {type(data).__name__}")
+            missing = [k for k in ("suite", "reference", "rows", "efficiency") if k not in data]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+            rows = pd.DataFrame(data["rows"], columns=ROW_COLUMNS)
+            if rows[["model", "domain", "slice", "metric"]].isna().any().any():
+                raise ValueError("a row lacks its model, domain, slice or metric")
+            rows = rows.astype(_ROW_TYPES)
+            efficiency = pd.DataFrame(data["efficiency"], columns=EFFICIENCY_COLUMNS)
+            models = data.get("models", {})
+            if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
+                raise ValueError("`models` must map each model to its provenance")
+            samples = _read_samples(path.parent / "samples.csv")
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+            raise BadInput(f"{path}: not a readable kdh scorecard ({type(err).__name__}: {err}); "
+                           "give the scorecard.json that `kdh eval` or `kdh gate` wrote") from None
+        return cls(suite=str(data["suite"]), reference=str(data["reference"]), rows=rows, efficiency=efficiency,
+                   models=models, suite_fingerprint=str(data.get("suite_fingerprint", "")), samples=samples)
+
+
+def _read_samples(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        return pd.DataFrame(columns=SAMPLE_COLUMNS)
+    samples = pd.read_csv(path, dtype={"doc_hash": str}, keep_default_na=False,
+                          na_values={"value": ["", "NaN"], "weight": ["", "NaN"]})
+    missing = [c for c in SAMPLE_COLUMNS if c not in samples.columns]
+    if missing:
+        raise ValueError(f"{path.name} lacks the column(s) {', '.join(missing)}")
+    return samples[SAMPLE_COLUMNS].astype({"value": float, "weight": float, "doc_id": int})
 
 
 def _records(frame: pd.DataFrame) -> list[dict]:

@@ -36,14 +36,49 @@ def connect(uri: str | None = None) -> str:
     uri = uri or home.tracking_uri()
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as reply:
+            with urllib.request.urlopen(_health_request(uri), timeout=5) as reply:
                 reply.read()
         except (urllib.error.URLError, OSError, ValueError) as err:
             raise BadInput(f"the MLflow server at {redact(uri)} does not answer ({getattr(err, 'reason', err)}); "
                            "check that `mlflow server` runs there, or unset MLFLOW_TRACKING_URI to use the "
                            "local store") from None
     mlflow.set_tracking_uri(uri)
+    if uri.startswith("sqlite:///"):
+        _create_sqlite_store(uri)
     return uri
+
+
+def _create_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a SQLite store under a file lock: MLflow creates its tables on first use
+    without one, and two processes starting together on a new store collide ("table … already
+    exists")."""
+    import fcntl
+
+    from mlflow import MlflowClient
+
+    path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.parent / f".{path.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the tables if needed
+
+
+def _health_request(uri: str) -> urllib.request.Request:
+    """GET <server>/health, with credentials from the URI sent as basic auth (urllib does not read
+    them from the URL; MLflow's client, through requests, does)."""
+    import base64
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    netloc += f":{parts.port}" if parts.port else ""
+    request = urllib.request.Request(urlunsplit((parts.scheme, netloc, parts.path.rstrip("/") + "/health", "", "")))
+    if parts.username:
+        user, password = unquote(parts.username), unquote(parts.password or "")
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    return request
 
 
 def experiment_id(suite_name: str) -> str:

@@ -62,6 +62,9 @@ def test_the_champion_alias_works_wherever_a_model_is_named(looped, tmp_path):
     card = Scorecard.load(tmp_path)
     promoted = folder / "out" / "round-1" / "distill" / "student"
     assert card.models["champion"]["fingerprint"] == fingerprint(ModelRef("c", str(promoted)))
+    code = main(["distill", "--teacher", str(world.teacher_dir), "--student", "models:/kdh-default@champion",
+                 "--steps", "2", "--save-every", "2", "--out", str(tmp_path / "distill"), "--tracking-uri", uri])
+    assert code == 0 and (tmp_path / "distill" / "student" / "config.json").is_file()
 
 
 def test_promotion_needs_a_passing_gate_and_rolls_back(looped, lenient_suite, tmp_path, capsys):
