@@ -121,11 +121,9 @@ class Scorecard:
             missing = [k for k in ("suite", "reference", "rows", "efficiency") if k not in data]
             if missing:
                 raise ValueError(f"no {', '.join(missing)}")
-            rows = pd.DataFrame(data["rows"], columns=ROW_COLUMNS)
-            if rows[["model", "domain", "slice", "metric"]].isna().any().any():
-                raise ValueError("a row lacks its model, domain, slice or metric")
-            rows = rows.astype(_ROW_TYPES)
+            rows = _typed(pd.DataFrame(data["rows"], columns=ROW_COLUMNS), "rows")
             efficiency = pd.DataFrame(data["efficiency"], columns=EFFICIENCY_COLUMNS)
+            efficiency[EFFICIENCY_COLUMNS[1:]] = efficiency[EFFICIENCY_COLUMNS[1:]].astype(float)
             models = data.get("models", {})
             if not isinstance(models, dict) or not all(isinstance(v, dict) for v in models.values()):
                 raise ValueError("`models` must map each model to its provenance")
@@ -135,6 +133,21 @@ class Scorecard:
                            "give the scorecard.json that `kdh eval` or `kdh gate` wrote") from None
         return cls(suite=str(data["suite"]), reference=str(data["reference"]), rows=rows, efficiency=efficiency,
                    models=models, suite_fingerprint=str(data.get("suite_fingerprint", "")), samples=samples)
+
+
+def _typed(rows: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The rows with their types checked, not coerced: a list where a name belongs, or the text
+    "false" where a boolean belongs, is an error rather than a silent wrong value."""
+    for column in ("model", "domain", "slice", "metric"):
+        if not rows[column].map(lambda v: isinstance(v, str)).all():
+            raise ValueError(f"{what}: `{column}` must be text in every row")
+    for column in ("higher_is_better", "primary"):
+        if not rows[column].map(lambda v: isinstance(v, bool)).all():
+            raise ValueError(f"{what}: `{column}` must be true or false in every row")
+    for column in ("value", "stderr", "n", "weight"):
+        if not rows[column].map(lambda v: v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))).all():
+            raise ValueError(f"{what}: `{column}` must be a number in every row")
+    return rows.astype(_ROW_TYPES)
 
 
 def _read_samples(path: Path) -> pd.DataFrame:
