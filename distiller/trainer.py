@@ -76,6 +76,15 @@ class DistillResult:
     seconds: float = 0.0
 
 
+def _check_finite(model, step: int) -> None:
+    """A finite loss can still be followed by an update that overflows the weights (a learning rate
+    far too high, say): check before anything is saved, so the last checkpoint stays a good one."""
+    broken = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if broken:
+        raise DistillError(f"the weights became non-finite after step {step} ({', '.join(broken[:3])}…); the last "
+                           "good checkpoint is kept: lower --lr or resume from it")
+
+
 def _lr_lambda(config: DistillConfig):
     """Linear warm-up, then cosine decay to min_lr (as a factor of lr, for LambdaLR)."""
 
@@ -238,6 +247,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
             _log_metrics(accelerator, done, {"loss": loss.item(), "ce": ce.item(), "kd": kd.item(),
                                              "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
         if done % config.save_every == 0 or done == config.steps:
+            _check_finite(unwrapped, done)  # never save weights a step has already broken
             state = {"sampler": sampler.state_dict(), "weights": weights, "factor": factor, "ratios": ratios,
                      "history": history,
                      "ppl_teacher": ppl_teacher, "config": asdict(config)}

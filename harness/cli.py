@@ -319,11 +319,27 @@ def _quiet_libraries(verbose: bool) -> None:
         warnings.filterwarnings("ignore")
 
 
+def _stop_on_sigterm():
+    """CI cancels a job with SIGTERM: turn it into the same clean stop as Ctrl-C, so the MLflow run
+    ends KILLED (never FINISHED) and nothing half-written is published. Returns the handler to
+    restore (None off the main thread, where Python allows no handlers)."""
+    import signal
+    import threading
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     home.configure_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_libraries(args.verbose)
+    previous = _stop_on_sigterm()
     try:
         return args.func(args) or 0
     except KdhError as err:
@@ -340,12 +356,17 @@ def main(argv: list[str] | None = None) -> int:
         from harness.tracking import redact
 
         message = redact(f"{type(err).__name__}: {err}")
-        if "database is locked" in message or ("sqlite3.OperationalError" in message):  # one writer at a time
+        if "database is locked" in message:  # SQLite takes one writer at a time
             message = ("the local MLflow store (SQLite) is busy: another kdh process is writing to it. Run one "
                        "kdh process at a time against it, or start a server for concurrent runs (`mlflow server "
                        "--backend-store-uri sqlite:///PATH.db`) and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
         print(f"kdh: failed while running: {message}", file=sys.stderr)
         return EXIT_RUNTIME
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -108,7 +108,8 @@ def load(ref: ModelRef):
                        "(kdh loads safetensors weights unless --allow-pickle)") from None
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=ref.trust_remote_code)
-    except (OSError, ValueError) as err:
-        raise BadInput(f"model '{ref.name}': no tokenizer found in {source}: {err}") from None
+    except (OSError, ValueError, TypeError) as err:  # transformers 5 raises TypeError when there are no files
+        raise BadInput(f"model '{ref.name}': no usable tokenizer in {source} ({type(err).__name__}: {err}); "
+                       "save the tokenizer beside the model (tokenizer.save_pretrained)") from None
     model.to(ref.device).eval()
     return model, tokenizer

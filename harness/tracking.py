@@ -8,6 +8,7 @@ A run whose work raised ends FAILED (KILLED on Ctrl-C), never FINISHED.
 from __future__ import annotations
 
 import math
+import os
 import re
 import urllib.error
 import urllib.request
@@ -49,18 +50,28 @@ def connect(uri: str | None = None) -> str:
 
 
 def _create_sqlite_store(uri: str) -> None:
-    """Create (or migrate) a SQLite store under a file lock: MLflow creates its tables on first use
-    without one, and two processes starting together on a new store collide ("table … already
-    exists")."""
+    """Create a new SQLite store whole or not at all, under a file lock. MLflow creates its tables on
+    first use, neither atomically (a process killed meanwhile leaves a store no later run can
+    open) nor under a lock (two processes starting together collide: "table … already exists").
+    So kdh builds it beside the final path and renames it into place."""
     import fcntl
 
     from mlflow import MlflowClient
 
     path = Path(uri.removeprefix("sqlite:///").split("?", 1)[0]).resolve()
+    if path.exists():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.parent / f".{path.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        MlflowClient(uri).search_experiments(max_results=1)  # creates and migrates the tables if needed
+        if path.exists():  # another process made it while this one waited
+            return
+        building = path.parent / f".{path.name}.building-{os.getpid()}"
+        try:
+            MlflowClient(f"sqlite:///{building}").search_experiments(max_results=1)  # creates the tables
+            os.replace(building, path)  # (an engine MLflow keeps open on it follows the file: POSIX)
+        finally:
+            building.unlink(missing_ok=True)
 
 
 def _health_request(uri: str) -> urllib.request.Request:

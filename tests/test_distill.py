@@ -1,16 +1,14 @@
 """`kdh distill` end to end on the tiny demo world: a real training loop, real checkpoints, a real
 MLflow store. What a user relies on: a standard transformers student comes out, the domain
-weights are tracked at every update, a run killed with SIGKILL resumes to the very same student,
-and two processes under `accelerate launch` agree on the weights."""
+weights are tracked at every update, a damaged checkpoint is skipped (kills and resumes:
+tests/test_reliability.py), and two processes under `accelerate launch` agree on the weights."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import mlflow
@@ -90,27 +88,6 @@ def test_the_weights_follow_the_gaps(distilled):
     weights = {d: history[1][f"weight/{d}"] for d in DOMAINS}
     assert sorted(DOMAINS, key=weights.get) == sorted(DOMAINS, key=lag.get)
     assert max(weights.values()) > 1 / len(DOMAINS) > min(weights.values())
-
-
-@pytest.mark.parametrize("kill_after", ["step-0000004", "step-0000008"])
-def test_a_run_killed_with_sigkill_resumes_to_the_same_student(distilled, tmp_path, kill_after):
-    _, folder, _, _ = distilled
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    out = tmp_path / "run"
-    args = ["distill", *ARGS, "--out", str(out), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]
-    proc = run_cli(args, env)
-    deadline = time.monotonic() + 240
-    while not (out / "checkpoints" / kill_after).exists():
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.monotonic() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (out / "student").exists()  # it died before the end
-    resumed = run_cli(args + ["--resume"], env)
-    log, _ = resumed.communicate(timeout=240)
-    assert resumed.returncode == 0, log
-    assert same_weights(out / "student", folder / "run" / "student")
 
 
 def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(distilled, tmp_path):
