@@ -137,3 +137,14 @@ def test_the_pytest_plugin_fails_where_the_gate_does(rejected, lenient_suite, wo
     names = [line for line in selected.outlines if "::" in line]
     assert names and all("records/" in line for line in names)
     assert json.dumps(names).count("records/") == 6  # two slices and the domain, two checks each
+
+
+def test_a_scorecard_from_before_the_suite_changed_is_bad_input(rejected, lenient_suite, tmp_path, capsys):
+    _, out = rejected
+    changed = tmp_path / "default.yaml"  # the suite, one slice renamed since the scorecard was made
+    shutil.copytree(lenient_suite.parent / "tasks", tmp_path / "tasks")
+    changed.write_text(lenient_suite.read_text().replace("name: field,", "name: field-v2,"))
+    code = main(["gate", "--suite", str(changed), "--scorecard", str(out / "scorecard.json"), "--out", str(tmp_path / "o")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "does not match" in err and "records/field/acc" in err and "records/field-v2/acc" in err
