@@ -238,7 +238,7 @@ def cmd_distill(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from harness import cli_loop
+    from harness import cli_loop, dashboard
 
     parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--tracking-uri")
     di.set_defaults(func=cmd_distill)
     cli_loop.add_verbs(verbs)  # gate, promote, loop
+    dashboard.add_verb(verbs)
     return parser
 
 
