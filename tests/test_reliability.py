@@ -68,9 +68,9 @@ class Output:
 
 
 # Kill points: during start-up, in the middle of writing a checkpoint (its temporary folder
-# exists), and at two steps drawn with a fixed seed. Points are events, not times, so a slow or
-# busy machine moves the moment but not what it hits.
-STEPS = random.Random(0).sample(range(1, 16), 2)
+# exists), and at a step drawn with a fixed seed. Points are events, not times, so a slow or busy
+# machine moves the moment but not what it hits.
+STEPS = random.Random(0).sample(range(1, 16), 1)
 POINTS = ["start-up", "mid-checkpoint", *(f"step-{s}" for s in STEPS)]
 
 
@@ -131,7 +131,7 @@ def _loop_until(proc, words: str, timeout: float = 300) -> str:
     pytest.fail(f"never saw {words!r}: {''.join(seen)[-2000:]}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+@pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGKILL mid-run: the kill-and-resume test above
 def test_a_loop_stopped_mid_way_promotes_nothing_and_finishes_no_run(tiny_world, lenient_suite, tmp_path, sig):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     proc = run_cli(["loop", "--suite", str(lenient_suite), "--steps", "200", "--interval", "10",
