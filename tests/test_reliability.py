@@ -61,6 +61,11 @@ class Output:
         for chunk in iter(lambda: proc.stdout.read(64), ""):
             self.text += chunk
 
+    def all(self) -> str:
+        """Everything, once the process has ended."""
+        self._thread.join(timeout=30)
+        return self.text
+
     def step(self) -> int:
         """The last step the progress bar showed (tqdm's "N/16")."""
         found = re.findall(r"(\d+)/16 ", self.text)
@@ -118,28 +123,19 @@ def test_a_diverging_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(t
     assert run.info.status == "FAILED" and "became n" in run.data.tags["kdh.error"]
 
 
-def _loop_until(proc, words: str, timeout: float = 300) -> str:
-    """Read the loop's output until ``words`` appear (the moment to interrupt it)."""
-    seen, deadline = [], time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line and proc.poll() is not None:
-            break
-        seen.append(line)
-        if words in line:
-            return "".join(seen)
-    pytest.fail(f"never saw {words!r}: {''.join(seen)[-2000:]}")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGKILL mid-run: the kill-and-resume test above
 def test_a_loop_stopped_mid_way_promotes_nothing_and_finishes_no_run(tiny_world, lenient_suite, tmp_path, sig):
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     proc = run_cli(["loop", "--suite", str(lenient_suite), "--steps", "200", "--interval", "10",
                     "--out", str(tmp_path / "out")], uri)
-    _loop_until(proc, "distilling with DDK")
-    time.sleep(2)
+    output, started = Output(proc), time.monotonic()
+    while not re.search(r"distill: .*\b[1-9]\d*/200 ", output.text):  # mid-distillation: steps are being taken
+        assert proc.poll() is None, output.text[-2000:]
+        assert time.monotonic() - started < 600
+        time.sleep(0.05)
     proc.send_signal(sig)
-    log, _ = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    log = output.all()
     mlflow.set_tracking_uri(uri)
     assert promotion.champion_version("kdh-default") is None
     found = runs(uri)
