@@ -3,7 +3,9 @@
 A checkpoint is a folder ``step-NNNNNNN`` under ``<output>/checkpoints``: the student as a standard
 transformers folder (safetensors), ``training.pt`` (optimiser, scheduler and RNG states, read back
 with ``weights_only=True``, so no code is unpickled) and ``state.json`` (step, sampler position,
-domain weights and their history, and a sha256 of every file). It is written into a temporary
+domain weights and their history, and a sha256 of every file), and for DSKD ``projectors.safetensors``:
+the projectors train with the student and a resume needs them, but they are no part of the final
+student, which stays a plain transformers folder. It is written into a temporary
 folder and renamed into place, so a crash leaves either the whole checkpoint or none; on resume,
 one whose files do not match their recorded hashes is skipped for the previous good one.
 """
@@ -18,11 +20,13 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from harness.atomic import write_atomic_folder
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+PROJECTORS = "projectors.safetensors"
 
 
 def _sha256(path: Path) -> str:
@@ -33,13 +37,17 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(folder: Path, step: int, student, tokenizer, training: dict, state: dict, keep: int = 2) -> Path:
+def save_checkpoint(folder: Path, step: int, student, tokenizer, training: dict, state: dict, keep: int = 2,
+                    projectors: torch.nn.Module | None = None) -> Path:
     """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
 
     def fill(tmp: Path) -> None:
         student.save_pretrained(tmp / "student", safe_serialization=True)
         tokenizer.save_pretrained(tmp / "student")
         torch.save(training, tmp / "training.pt")
+        if projectors is not None:
+            save_file({k: v.detach().contiguous() for k, v in projectors.state_dict().items()},
+                      tmp / PROJECTORS)
         files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "files": files}, indent=1))
 
@@ -82,3 +90,10 @@ def latest_good(folder: Path) -> tuple[Path, dict] | None:
 
 def load_training(path: Path) -> dict:
     return torch.load(path / "training.pt", weights_only=True)
+
+
+def load_projectors(path: Path) -> dict[str, torch.Tensor]:
+    """The DSKD projectors' state dict saved with checkpoint ``path``."""
+    if not (path / PROJECTORS).is_file():
+        raise ValueError(f"checkpoint {path} has no {PROJECTORS}: it was written by another --kd mode")
+    return load_file(path / PROJECTORS)

@@ -6,6 +6,11 @@ domain (the teacher's is computed once: it is frozen) gives the ratios ℓ_S/ℓ
 weights, and the sampler draws from them. The paper's baselines are settings of the same loop:
 ``mixture`` uniform / natural / fixed, ``kd_weight=0`` for CPT.
 
+``kd`` picks the teacher signal: ``kd`` is the loss above; ``dskd`` (dual-space KD), ``dskd-cma``
+(DSKD with cross-model attention) and ``uld`` (universal logit distillation) are one small branch
+into distiller/cross.py. When the two tokenizers differ, each row carries both tokenizations of
+one text and DDK's ratios are in bits per byte (perplexity per token does not compare).
+
 One code path on one CPU and under ``accelerate launch`` (DDP): every rank holds the same sampler
 and takes its slice of each global batch; per-domain losses are summed across ranks so every rank
 computes the same weights.
@@ -14,6 +19,7 @@ computes the same weights.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,10 +28,14 @@ from pathlib import Path
 import torch
 
 from distiller import checkpoint as ckpt
+from distiller import cross
 from harness.atomic import write_atomic_folder
 from distiller.data import DomainSampler, pack_blocks, read_texts
 from distiller.ddk import Mixture, ratios_from_mlflow, ratios_from_scorecard
 from distiller.losses import distillation_loss
+
+
+log = logging.getLogger(__name__)
 
 
 class DistillError(RuntimeError):
@@ -45,7 +55,9 @@ class DistillConfig:
     warmup_steps: int = 20
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    kd_weight: float = 0.2  # γ; 0 is continued pre-training (CPT)
+    kd: str = "kd"  # kd | dskd | dskd-cma | uld (distiller/cross.py)
+    kd_weight: float | None = None  # None: kd's γ = 0.2, DSKD's w = 0.5; 0 is continued pre-training (CPT)
+    projector_lr: float = 1e-3  # DSKD's projectors (dskd, dskd-cma)
     temperature: float = 1.0
     divergence: str = "forward_kl"
     mixture: str = "ddk"  # ddk | ddk-no-smoothing | uniform | natural | fixed:code=0.5,…
@@ -70,6 +82,7 @@ class DistillResult:
     weights: dict[str, float]
     ratios: dict[str, float]
     history: list[dict] = field(default_factory=list)  # one row per mixture update
+    ratio_of: str = "perplexity"  # what the ratios divide: "perplexity", or "bits per byte" across tokenizers
     tokens_per_s: float = 0.0
     ddk_seconds: float = 0.0  # in the loop: the student's perplexities and Eq. 2 every K steps
     setup_seconds: float = 0.0  # once: the teacher's perplexities and r_0
@@ -138,29 +151,52 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
-    # Models: the teacher frozen in eval mode, the student trained. Same tokenizer (checked).
+    # Models: the teacher frozen in eval mode, the student trained.
     tokenizer = AutoTokenizer.from_pretrained(config.student)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(config.teacher)
     student = AutoModelForCausalLM.from_pretrained(config.student, use_safetensors=True)
     # The teacher is loaded even for CPT (γ = 0): its perplexities define the ratios every
     # baseline is measured by; only its forward on training batches is skipped then.
     teacher = AutoModelForCausalLM.from_pretrained(config.teacher, use_safetensors=True)
     teacher.requires_grad_(False).eval().to(accelerator.device)
-    if teacher.get_output_embeddings().weight.shape[0] != student.get_output_embeddings().weight.shape[0] \
-            or AutoTokenizer.from_pretrained(config.teacher).get_vocab() != tokenizer.get_vocab():
-        raise DistillError("teacher and student tokenizers differ; token-level divergences need one vocabulary")
+    vocab_sizes = (teacher.get_output_embeddings().weight.shape[0], student.get_output_embeddings().weight.shape[0])
+    same_vocab = vocab_sizes[0] == vocab_sizes[1] and cross.same_vocabulary(teacher_tokenizer, tokenizer)
+    kd_weight = cross.DEFAULT_KD_WEIGHT.get(config.kd, 0.0) if config.kd_weight is None else config.kd_weight
+    cross.check_mode(config.kd, kd_weight, same_vocab, vocab_sizes)  # ValueError: bad input
     block = min(config.block_size, student.config.max_position_embeddings, teacher.config.max_position_embeddings)
 
-    # Data: each domain's text packed into blocks; validation blocks for the perplexities.
+    # Data: each domain's text packed into blocks; validation blocks for the perplexities. With two
+    # tokenizers a row holds both tokenizations of its text, and validation is text, in bits per byte.
     eos = tokenizer.eos_token_id
-    train = {d: pack_blocks(read_texts(paths[0]), tokenizer, block, eos, domain=d) for d, paths in domains.items()}
-    val = {d: pack_blocks(read_texts(paths[1]), tokenizer, block, eos, domain=d)[: config.val_blocks]
-           for d, paths in domains.items()}
+    texts = {d: (read_texts(paths[0]), read_texts(paths[1])) for d, paths in domains.items()}
+    if same_vocab:
+        train = {d: pack_blocks(t, tokenizer, block, eos, domain=d) for d, (t, _) in texts.items()}
+        val = {d: pack_blocks(v, tokenizer, block, eos, domain=d)[: config.val_blocks] for d, (_, v) in texts.items()}
+
+        def measure(model, _tokenizer):  # perplexity per domain
+            return domain_perplexities(model, val, accelerator, config.chunk_size)
+    else:
+        train, cut = cross.pair_rows({d: cross.pack_pairs(t, tokenizer, teacher_tokenizer, block, domain=d)
+                                      for d, (t, _) in texts.items()}, teacher.config.max_position_embeddings)
+        if cut:
+            log.warning("%d teacher sequences were longer than the teacher's context and were cut", cut)
+        # As much text as val_blocks student blocks hold, roughly (4 characters per token).
+        pieces = {d: cross.text_pieces(v, 4 * block, config.val_blocks) for d, (_, v) in texts.items()}
+
+        def measure(model, model_tokenizer):  # bits per byte per domain
+            return cross.domain_bits_per_byte(model, model_tokenizer, pieces, block, accelerator, config.chunk_size)
     mixture = replace(Mixture.parse(config.mixture, tuple(domains), natural_sizes=_natural(train)), alpha=config.alpha)
 
     decay = [p for p in student.parameters() if p.dim() >= 2]
     no_decay = [p for p in student.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.95))
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # DSKD's projectors: trained with their own learning rate, kept in the checkpoints, never in the student.
+    projectors = cross.make_projectors(config.kd, kd_weight, student, teacher)
+    if projectors is not None:
+        projectors.to(accelerator.device)
+        groups.append({"params": list(projectors.parameters()), "lr": config.projector_lr,
+                       "weight_decay": config.weight_decay})
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config))
     student, optimizer, scheduler = accelerator.prepare(student, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(student)
@@ -174,6 +210,8 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
         path, state = resumed
         unwrapped.load_state_dict(AutoModelForCausalLM.from_pretrained(path / "student").state_dict())
         training = ckpt.load_training(path)
+        if projectors is not None:
+            projectors.load_state_dict(ckpt.load_projectors(path))
         optimizer.load_state_dict(training["optimizer"])
         scheduler.load_state_dict(training["scheduler"])
         torch.set_rng_state(training["rng"])
@@ -182,9 +220,10 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
         ratios, history = state["ratios"], state["history"]
         ppl_teacher, start_step = state["ppl_teacher"], state["step"]
     else:
-        # The teacher's perplexities once (it is frozen); the student's now, for r_0 (Eq. 1).
-        ppl_teacher = domain_perplexities(teacher, val, accelerator, config.chunk_size)
-        ratios = _ratios(config, student, val, accelerator, ppl_teacher)
+        # The teacher's perplexities (bits per byte across tokenizers) once: it is frozen; the
+        # student's now, for r_0 (Eq. 1).
+        ppl_teacher = measure(teacher, teacher_tokenizer)
+        ratios = _ratios(config, lambda: measure(student, tokenizer), ppl_teacher)
         # r_0 (Eq. 1) starts the factor's history; Algorithm 1 draws the first interval's data
         # at random, i.e. in the corpus's natural proportions. Sampling by r_0 at once would put
         # nearly all of it on one domain whenever one ratio stands far above the rest.
@@ -199,29 +238,41 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
     student.train()
     head_s = unwrapped.get_output_embeddings()
     head_t = teacher.get_output_embeddings()
-    use_kd = config.kd_weight > 0
+    use_kd = kd_weight > 0
+    # Every mode but plain KD on one vocabulary goes through distiller/cross.py.
+    step_loss = None if config.kd == "kd" and same_vocab else cross.Step(
+        config.kd, kd_weight, student, unwrapped, teacher, projectors, paired=not same_vocab, student_width=block + 1,
+        teacher_pad_id=teacher_tokenizer.eos_token_id,
+        options={"kind": config.divergence, "temperature": config.temperature, "chunk_size": config.chunk_size})
+    trained = list(student.parameters()) + (list(projectors.parameters()) if projectors is not None else [])
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="distill",
                disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
     tokens, loop_started, smooth = 0, time.perf_counter(), None
     for step in bar:
         rows, _ = sampler.next_batch(config.batch_size, rank=rank, world_size=world)
         rows = rows.to(accelerator.device)
-        inputs, labels = rows[:, :-1], rows[:, 1:]
-        teacher_hidden = None
-        if use_kd:
-            with torch.inference_mode():
-                teacher_hidden = _last_hidden(teacher, inputs)
-            teacher_hidden = teacher_hidden.clone()  # out of inference mode: autograd may save it
-        with accelerator.autocast():
-            hidden = _last_hidden(student, inputs)
-            loss, ce, kd = distillation_loss(
-                hidden, head_s, teacher_hidden, head_t, labels, kd_weight=config.kd_weight,
-                kind=config.divergence, temperature=config.temperature, chunk_size=config.chunk_size)
+        inputs = rows[:, :block]  # the student's inputs (a row may carry the teacher's tokens after them)
+        if step_loss is not None:  # dskd, dskd-cma, uld, or CPT across tokenizers
+            with accelerator.autocast():
+                loss, ce, kd = step_loss(rows)
+        else:
+            labels = rows[:, 1:]
+            teacher_hidden = None
+            if use_kd:
+                with torch.inference_mode():
+                    teacher_hidden = _last_hidden(teacher, inputs)
+                teacher_hidden = teacher_hidden.clone()  # out of inference mode: autograd may save it
+            with accelerator.autocast():
+                hidden = _last_hidden(student, inputs)
+                loss, ce, kd = distillation_loss(
+                    hidden, head_s, teacher_hidden, head_t, labels, kd_weight=kd_weight,
+                    kind=config.divergence, temperature=config.temperature, chunk_size=config.chunk_size)
         if not torch.isfinite(loss):
             raise DistillError(f"the loss became {loss.item()} at step {step}; the last good checkpoint in "
                                f"{output / 'checkpoints'} is kept (lower --lr, or check the data)")
         accelerator.backward(loss)
-        accelerator.clip_grad_norm_(student.parameters(), config.grad_clip)
+        cross.sync_gradients(accelerator, projectors)
+        accelerator.clip_grad_norm_(trained, config.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -231,7 +282,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
 
         if done % config.interval == 0 and done < config.steps:  # Eq. 2 every K steps
             started_ddk = time.perf_counter()
-            ppl_student = domain_perplexities(student, val, accelerator, config.chunk_size)
+            ppl_student = measure(student, tokenizer)
             ratios = {d: ppl_student[d] / ppl_teacher[d] for d in domains}
             factor = mixture.update(factor, ratios)  # Eq. 2 (or the baseline's rule)
             weights = factor
@@ -255,7 +306,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
                         "rng": torch.get_rng_state()}
             if accelerator.is_main_process:
                 ckpt.save_checkpoint(output / "checkpoints", done, unwrapped, tokenizer, training, state,
-                                     keep=config.keep_checkpoints)
+                                     keep=config.keep_checkpoints, projectors=projectors)
             accelerator.wait_for_everyone()
     bar.close()
     seconds = time.perf_counter() - loop_started
@@ -270,19 +321,20 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
                                                     tokenizer.save_pretrained(tmp)))
     accelerator.wait_for_everyone()
     return DistillResult(student_dir=final, steps=config.steps, weights=weights, ratios=ratios, history=history,
+                         ratio_of="perplexity" if same_vocab else "bits per byte",
                          tokens_per_s=tokens / seconds if seconds > 0 else 0.0, ddk_seconds=ddk_seconds, setup_seconds=setup_seconds,
                          seconds=seconds)
 
 
-def _ratios(config, student, val, accelerator, ppl_teacher) -> dict[str, float]:
+def _ratios(config, measure_student, ppl_teacher) -> dict[str, float]:
     """The initial ℓ_S/ℓ_T per domain: from the harness's gaps if given, else measured."""
     if config.gaps_from:
-        names = tuple(val)
+        names = tuple(ppl_teacher)
         if Path(config.gaps_from).exists():  # a scorecard.json or the folder holding it
             return ratios_from_scorecard(config.gaps_from, domains=names)
         return ratios_from_mlflow(config.gaps_from, domains=names)  # else an MLflow run id
-    ppl_student = domain_perplexities(student, val, accelerator, config.chunk_size)
-    return {d: ppl_student[d] / ppl_teacher[d] for d in val}
+    ppl_student = measure_student()
+    return {d: ppl_student[d] / ppl_teacher[d] for d in ppl_teacher}
 
 
 def _check_ranks_agree(accelerator, weights: dict, step: int) -> None:

@@ -55,6 +55,7 @@ def cmd_demo(args) -> int:
     print(f"Demo world ({world.size}) at {world.root}  [{time.perf_counter() - started:.1f} s]")
     print(f"  recipe {manifest.get('recipe_hash', '?')[:12]} · corpus {manifest.get('corpus_fingerprint', '?')[:12]}")
     print(f"  teacher: {world.teacher_dir}\n  student: {world.student_dir}\n  tokenizer: {world.tokenizer_dir}")
+    print(f"  cross-vocabulary student: {world.cross_student_dir} (its own tokenizer: {world.cross_tokenizer_dir})")
     print()
     print(table(demo_summary(manifest)))
     return 0
@@ -70,7 +71,8 @@ def demo_summary(manifest: dict):
         rows.append({"domain": domain, **{f"{s} docs": splits[s]["docs"] for s in ("train", "validation", "test")},
                      "mc items": splits.get("test_mc", {}).get("items", 0),
                      "teacher bpb": bpb.get("teacher", {}).get(domain, float("nan")),
-                     "student bpb": bpb.get("student", {}).get(domain, float("nan"))})
+                     "student bpb": bpb.get("student", {}).get(domain, float("nan")),
+                     "cross student bpb": bpb.get("cross_student", {}).get(domain, float("nan"))})
     return pd.DataFrame(rows)
 
 
@@ -169,6 +171,7 @@ def cmd_distill(args) -> int:
     import pandas as pd
     from accelerate import PartialState
 
+    from distiller.cross import ACROSS_TOKENIZERS, DEFAULT_KD_WEIGHT, check_pair
     from distiller.trainer import DistillConfig, DistillError, distill
     from harness import tracking
     from harness.loop import distill_domains
@@ -191,22 +194,31 @@ def cmd_distill(args) -> int:
         raise BadInput("give both --teacher and --student, or neither for the demo pair")
     else:
         world = demo_world(progress=main_process)
-        teacher, student = str(world.teacher_dir), str(world.student_dir)
+        # The cross-vocabulary modes default to the demo student that has its own tokenizer.
+        crossed = args.kd in ACROSS_TOKENIZERS
+        teacher, student = str(world.teacher_dir), str(world.cross_student_dir if crossed else world.student_dir)
     for role, path in (("teacher", teacher), ("student", student)):
         if not (Path(path) / "config.json").is_file():
             raise BadInput(f"--{role} {path}: not a transformers model folder (no config.json)")
-    out = args.out or str(home.kdh_home() / "distill" / f"{suite.name}-{args.mixture.split(':')[0]}-{time.strftime('%Y%m%d-%H%M%S')}")
+    kd_weight = DEFAULT_KD_WEIGHT[args.kd] if args.kd_weight is None else args.kd_weight
+    try:
+        check_pair(teacher, student, args.kd, kd_weight)  # before a run starts: --kd kd on two tokenizers, say
+    except (OSError, ValueError) as err:
+        raise BadInput(str(err)) from None
+    mode = args.mixture.split(':')[0] if args.kd == "kd" else f"{args.kd}-{args.mixture.split(':')[0]}"
+    out = args.out or str(home.kdh_home() / "distill" / f"{suite.name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
     config = DistillConfig(
         teacher=teacher, student=student, output_dir=out, steps=args.steps, batch_size=args.batch_size,
-        block_size=args.block_size, lr=args.lr, kd_weight=args.kd_weight, temperature=args.temperature,
-        divergence=args.divergence, mixture=args.mixture, interval=args.interval, gaps_from=args.gaps_from,
-        save_every=args.save_every, resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision)
+        block_size=args.block_size, lr=args.lr, kd=args.kd, kd_weight=kd_weight, projector_lr=args.projector_lr,
+        temperature=args.temperature, divergence=args.divergence, mixture=args.mixture, interval=args.interval,
+        gaps_from=args.gaps_from, save_every=args.save_every, resume=args.resume, seed=args.seed,
+        mixed_precision=args.mixed_precision)
     try:
         if not main_process:
             distill(config, domains)
             return 0
         uri = tracking.connect(args.tracking_uri)
-        with tracking.tracked_run(suite.name, "distill", f"distill {args.mixture} γ={args.kd_weight}") as run:
+        with tracking.tracked_run(suite.name, "distill", f"distill {mode} w={kd_weight}") as run:
             import mlflow
 
             mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name})
@@ -221,8 +233,9 @@ def cmd_distill(args) -> int:
     except (DistillError, ValueError) as err:
         raise BadInput(str(err)) if isinstance(err, ValueError) else RuntimeFailure(str(err)) from err
     first, last = result.history[0], result.history[-1]
+    ratio = "ppl ratio" if result.ratio_of == "perplexity" else "bpb ratio"  # bits per byte across tokenizers
     summary = pd.DataFrame([{"domain": d, "weight at start": first[f"weight/{d}"], "weight at end": last[f"weight/{d}"],
-                             "ppl ratio at start": first[f"ratio/{d}"], "ppl ratio at last update": last[f"ratio/{d}"]}
+                             f"{ratio} at start": first[f"ratio/{d}"], f"{ratio} at last update": last[f"ratio/{d}"]}
                             for d in domains])
     print(table(summary))
     print(f"\n{result.steps} steps · {result.tokens_per_s:,.0f} tokens/s · DDK's perplexities and updates "
@@ -278,7 +291,15 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--batch-size", type=int, default=8)
     di.add_argument("--block-size", type=int, default=256)
     di.add_argument("--lr", type=float, default=2e-3)
-    di.add_argument("--kd-weight", type=float, default=0.2, help="γ in CE + γ·KD; 0 is continued pre-training (CPT)")
+    di.add_argument("--kd", default="kd", choices=("kd", "dskd", "dskd-cma", "uld"),
+                    help="the teacher signal: kd (CE + γ·divergence, one vocabulary), dskd (dual-space KD, one "
+                         "vocabulary), dskd-cma (dual-space KD with cross-model attention: any two tokenizers), uld "
+                         "(universal logit distillation: any two tokenizers); dskd-cma and uld default to the demo "
+                         "student with its own tokenizer")
+    di.add_argument("--kd-weight", type=float,
+                    help="kd: γ in CE + γ·KD (default 0.2); dskd, dskd-cma, uld: w in (1−w)·CE + w·KD (default 0.5); "
+                         "0 is continued pre-training (CPT)")
+    di.add_argument("--projector-lr", type=float, default=1e-3, help="learning rate of DSKD's projectors")
     di.add_argument("--temperature", type=float, default=1.0)
     di.add_argument("--divergence", default="forward_kl",
                     help="forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl | tv")

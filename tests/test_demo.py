@@ -179,6 +179,30 @@ def test_models_and_tokenizer_load_offline_from_safetensors(tiny_world):
     assert params["teacher"] >= 4 * params["student"]
 
 
+def test_the_cross_student_has_its_own_tokenizer_and_every_item_fits_both(tiny_world):
+    """The second student reads text with its own tokenizer (another vocabulary size, other merges),
+    and every multiple-choice answer fits the context in either tokenization: lm-eval refuses a
+    choice longer than the model's context."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    main = AutoTokenizer.from_pretrained(tiny_world.tokenizer_dir)
+    cross = AutoTokenizer.from_pretrained(tiny_world.cross_tokenizer_dir)
+    assert len(cross) == TINY["cross_student"]["tokenizer"]["vocab_size"] != len(main)
+    merges = [json.loads((folder / "tokenizer.json").read_text())["model"]["merges"]
+              for folder in (tiny_world.tokenizer_dir, tiny_world.cross_tokenizer_dir)]
+    assert merges[1] != merges[0][: len(merges[1])], "learnt from other documents, not a prefix of the same merges"
+    assert AutoTokenizer.from_pretrained(tiny_world.cross_student_dir).get_vocab() == cross.get_vocab()
+    model = AutoModelForCausalLM.from_pretrained(tiny_world.cross_student_dir, local_files_only=True)
+    assert model.config.vocab_size == len(cross) and model.config.max_position_embeddings == TINY["block_size"]
+    assert tiny_world.manifest["training"]["cross_student"]["steps"] == TINY["cross_student"]["steps"]
+    assert all(math.isfinite(tiny_world.manifest["evaluation"]["test_bpb"]["cross_student"][d]) for d in DOMAINS)
+    for domain in DOMAINS:
+        choices = [c for row in read_jsonl(tiny_world.domain_file(domain, "test_mc.jsonl")) for c in row["choices"]]
+        for tokenizer in (main, cross):
+            longest = max(len(ids) for ids in tokenizer(choices, add_special_tokens=False)["input_ids"])
+            assert longest <= TINY["block_size"], (domain, tokenizer.vocab_size, longest)
+
+
 def test_default_recipe_student_is_several_times_smaller():
     from transformers import PreTrainedTokenizerFast
     from tokenizers import Tokenizer, models

@@ -1,4 +1,5 @@
-"""Build the demo world into the kdh home: data files, tokenizer, teacher, student, and a manifest.
+"""Build the demo world into the kdh home: data files, tokenizer, teacher, student, a second student
+with its own tokenizer (for cross-vocabulary distillation), and a manifest.
 
 Built once per recipe: ``ensure_world`` compares the recipe hash and the fingerprints of the corpus
 and of the test items with the world's ``world.json`` and returns at once when they match. A build
@@ -26,12 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.demo.checks import encode_texts, evaluate_models
-from harness.demo.corpus import DOMAINS, build_corpus, corpus_fingerprint
+from harness.demo.corpus import DOMAINS, _unit_hash, build_corpus, corpus_fingerprint
 from harness.demo.items import build_mc_items
 from harness.atomic import temp_prefix, write_atomic_folder
 from harness.home import configure_environment
 
-RECIPE_VERSION = 1  # bump when code changes what a recipe builds
+RECIPE_VERSION = 2  # bump when code changes what a recipe builds (2: the cross-vocabulary student)
 EOT = "<|endoftext|>"
 
 _NATURAL = "natural"  # in proportion to each domain's train tokens
@@ -51,6 +52,11 @@ RECIPES: dict[str, dict] = {
                     "mixture": _NATURAL, **_TRAINING},
         "student": {"layers": 2, "width": 64, "heads": 4, "ffn": 192, "steps": 200, "seed": 2,
                     "mixture": _LOPSIDED, **_TRAINING},
+        # The same student with its own tokenizer: another vocabulary size, and merges learnt from
+        # another half of the train documents, so teacher and student share no token ids.
+        "cross_student": {"layers": 2, "width": 64, "heads": 4, "ffn": 192, "steps": 200, "seed": 3,
+                          "mixture": _LOPSIDED, **_TRAINING,
+                          "tokenizer": {"vocab_size": 768, "sample": 0.5, "seed": 7}},
         "eval_mc_items": 100,  # per domain, for the manifest; the suite scores the full files
     },
     "tiny": {
@@ -63,6 +69,9 @@ RECIPES: dict[str, dict] = {
                     "mixture": _NATURAL, **_TRAINING, "batch_size": 8, "warmup_steps": 5},
         "student": {"layers": 1, "width": 16, "heads": 2, "ffn": 48, "steps": 40, "seed": 2,
                     "mixture": _LOPSIDED, **_TRAINING, "batch_size": 8, "warmup_steps": 5},
+        "cross_student": {"layers": 1, "width": 16, "heads": 2, "ffn": 48, "steps": 40, "seed": 3,
+                          "mixture": _LOPSIDED, **_TRAINING, "batch_size": 8, "warmup_steps": 5,
+                          "tokenizer": {"vocab_size": 320, "sample": 0.5, "seed": 7}},
         "eval_mc_items": 10,
     },
 }
@@ -76,6 +85,8 @@ class World:
     tokenizer_dir: Path
     teacher_dir: Path
     student_dir: Path
+    cross_tokenizer_dir: Path  # the cross-vocabulary student's own tokenizer
+    cross_student_dir: Path
     manifest: dict = field(compare=False, repr=False)
 
     def domain_file(self, domain: str, name: str) -> Path:
@@ -83,7 +94,8 @@ class World:
 
     @classmethod
     def at(cls, root: Path, size: str, manifest: dict) -> "World":
-        return cls(root, size, root / "data", root / "tokenizer", root / "teacher", root / "student", manifest)
+        return cls(root, size, root / "data", root / "tokenizer", root / "teacher", root / "student",
+                   root / "cross_tokenizer", root / "cross_student", manifest)
 
 
 def world_recipe(size: str) -> dict:
@@ -102,7 +114,8 @@ def ensure_world(home: Path, size: str = "default", progress: bool = True) -> Wo
     recipe = world_recipe(size)
     corpus = build_corpus(recipe["corpus"])  # cheap, and the stdlib differs between Pythons
     seed = recipe["corpus"]["seed"]
-    mc = {d: build_mc_items(d, corpus[d]["test"], recipe["mc_items"], seed) for d in DOMAINS}
+    mc = {d: build_mc_items(d, corpus[d]["test"], recipe["mc_items"], seed, max_choice_bytes=recipe["block_size"])
+          for d in DOMAINS}
     want = {"recipe_hash": recipe_hash(recipe), "corpus_fingerprint": corpus_fingerprint(corpus),
             "mc_fingerprint": hashlib.sha256(json.dumps(mc, sort_keys=True).encode()).hexdigest()}
     demo_dir = Path(home) / "demo"
@@ -131,7 +144,8 @@ def _current(root: Path, size: str, want: dict) -> World | None:
     except (OSError, ValueError):
         return None
     world = World.at(root, size, manifest)
-    complete = all((folder / "model.safetensors").is_file() for folder in (world.teacher_dir, world.student_dir))
+    complete = all((folder / "model.safetensors").is_file()
+                   for folder in (world.teacher_dir, world.student_dir, world.cross_student_dir))
     if complete and all(manifest.get(key) == value for key, value in want.items()):
         return world
     return None
@@ -183,16 +197,31 @@ def _build(root: Path, recipe: dict, corpus: dict, mc: dict, progress: bool) -> 
             tokenizer.save_pretrained(root / name)  # each model folder is self-contained
             models[name] = model
 
+        # The cross-vocabulary student: its own tokenizer, the same architecture and data mixture.
+        hp = recipe["cross_student"]
+        cross_tokenizer = train_tokenizer(corpus, hp["tokenizer"]["vocab_size"], recipe["block_size"],
+                                          sample=(hp["tokenizer"]["sample"], hp["tokenizer"]["seed"]))
+        cross_tokenizer.save_pretrained(root / "cross_tokenizer")
+        cross_streams = {d: encode_stream(cross_tokenizer, corpus[d]["train"]) for d in DOMAINS}
+        cross = make_model(hp, cross_tokenizer, recipe["block_size"])
+        training["cross_student"] = train_model(cross, cross_streams, hp, recipe["block_size"], "cross_student", progress)
+        cross.save_pretrained(root / "cross_student", safe_serialization=True)
+        cross_tokenizer.save_pretrained(root / "cross_student")
+
         _say(progress, "measuring held-out bits per byte and multiple-choice accuracy")
         evaluation = evaluate_models(models, tokenizer, corpus, mc, recipe)
+        crossed = evaluate_models({"cross_student": cross}, cross_tokenizer, corpus, mc, recipe)
+        for key, value in crossed.items():
+            if isinstance(value, dict):
+                evaluation[key].update(value)
     finally:
         torch.set_num_threads(threads)
         if hf_bars:
             hf_logging.enable_progress_bar()
     seconds = round(time.time() - started, 1)
     bpb = evaluation["test_bpb"]
-    _say(progress, "held-out bits per byte, teacher vs student: " + ", ".join(
-        f"{d} {bpb['teacher'][d]:.2f} vs {bpb['student'][d]:.2f}" for d in DOMAINS))
+    _say(progress, "held-out bits per byte, teacher vs student vs cross-vocabulary student: " + ", ".join(
+        f"{d} {bpb['teacher'][d]:.2f} vs {bpb['student'][d]:.2f} vs {bpb['cross_student'][d]:.2f}" for d in DOMAINS))
     _say(progress, f"demo world built in {seconds} s")
     return {"domains": domains, "training": training, "evaluation": evaluation, "build_seconds": seconds,
             "built_with": {"python": platform.python_version(), "torch": torch.__version__}}
@@ -219,9 +248,10 @@ def _write_jsonl(path: Path, rows) -> None:
             out.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def train_tokenizer(corpus: dict, vocab_size: int, block_size: int):
+def train_tokenizer(corpus: dict, vocab_size: int, block_size: int, sample: tuple[float, int] | None = None):
     """Byte-level BPE on the train split of every domain. Digits are split one by one (as Llama
-    does) so that arithmetic is learnable by a small model rather than a lookup of number tokens."""
+    does) so that arithmetic is learnable by a small model rather than a lookup of number tokens.
+    ``sample=(fraction, seed)`` learns the merges from that seeded share of the documents only."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -231,7 +261,9 @@ def train_tokenizer(corpus: dict, vocab_size: int, block_size: int):
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator((doc for d in DOMAINS for doc in corpus[d]["train"]), trainer)
+    docs = (doc for d in DOMAINS for doc in corpus[d]["train"]
+            if sample is None or _unit_hash(sample[1], "tokenizer", d, doc) < sample[0])
+    bpe.train_from_iterator(docs, trainer)
     # one token is bos, eos and pad: lm-eval's rolling loglikelihood starts each window from it
     return PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOT, eos_token=EOT, pad_token=EOT,
                                    model_max_length=block_size)

@@ -114,8 +114,12 @@ def _length_matched(answer: str, pool: list[tuple[int, str]], doc_index: int, rn
     return sorted(sorted(sampled), key=lambda s: abs(len(s) - len(answer)))[:3]
 
 
-def build_mc_items(domain: str, test_docs: Sequence[str], n_items: int, seed: int) -> list[McItem]:
-    """Up to ``n_items`` items: one cut per test doc per round, more rounds while items are short."""
+def build_mc_items(domain: str, test_docs: Sequence[str], n_items: int, seed: int,
+                   max_choice_bytes: int | None = None) -> list[McItem]:
+    """Up to ``n_items`` items: one cut per test doc per round, more rounds while items are short.
+    ``max_choice_bytes`` skips items with a longer choice: lm-eval refuses a choice longer than the
+    model's context, and a byte-level tokenizer, whatever its vocabulary, needs at most one token
+    per byte, so the items fit every model of the world whatever its tokenizer."""
     rng = random.Random(f"{seed}:{domain}:mc")
     cuts = [_CUTS[domain](doc, rng) for doc in test_docs]
     pool = [(i, answer) for i, doc_cuts in enumerate(cuts) for _, answer, _ in doc_cuts]
@@ -128,6 +132,8 @@ def build_mc_items(domain: str, test_docs: Sequence[str], n_items: int, seed: in
             context, answer, wrong = doc_cuts.pop(rng.randrange(len(doc_cuts)))
             wrong = wrong or _length_matched(answer, pool, i, rng)
             if wrong is None or len({answer, *wrong}) < 4 or (context, answer) in seen:
+                continue
+            if max_choice_bytes is not None and max(len(c.encode()) for c in (answer, *wrong)) > max_choice_bytes:
                 continue
             seen.add((context, answer))
             choices = [answer, *wrong]

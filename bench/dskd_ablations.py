@@ -1,0 +1,109 @@
+"""Why DSKD and DSKD-CMA lose to plain training on the demo world: one seed, 200 steps, each arm the
+comparison's setting with one part of the loss changed, and the dual-space terms logged over steps.
+
+The variants wrap ``distiller.cross``'s loss functions (and its projector factory) for the length
+of one run; the loop itself is the unchanged ``distiller.trainer.distill``.
+
+    python bench/dskd_ablations.py --out docs/dskd-ablations.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from harness.home import configure_environment, kdh_home
+
+TERMS = ("student_ce", "t2s_ce", "student_kd", "teacher_kd", "agreement")
+# id: (which demo student, --kd, weight, the terms dropped from the loss, projectors initialised from the heads)
+VARIANTS = {
+    "cma": ("cross_student", "dskd-cma", 0.5, (), False),
+    "cma-no-teacher-space": ("cross_student", "dskd-cma", 0.5, ("teacher_kd",), False),
+    "cma-projectors-only": ("cross_student", "dskd-cma", 0.5, ("student_kd", "teacher_kd"), False),
+    "cma-w0.2": ("cross_student", "dskd-cma", 0.2, (), False),
+    "dskd": ("student", "dskd", 0.5, (), False),
+    "dskd-no-student-space": ("student", "dskd", 0.5, ("student_kd",), False),
+    "dskd-pinv-init": ("student", "dskd", 0.5, (), True),
+    "dskd-pinv-init-w0.2": ("student", "dskd", 0.2, (), True),
+    "kd-gamma2": ("student", "kd", 2.0, (), False),
+}
+
+
+@contextmanager
+def variant(dropped: tuple[str, ...], pinv_init: bool, log: list):
+    """Log each step's dual-space terms; zero the dropped ones (the student gets no gradient from
+    them) and/or initialise the projectors from the heads (DSKDv2: P_t2s = pinv(W_S)·W_T)."""
+    from distiller import cross
+
+    saved = cross.cma_loss, cross.dual_space_loss, cross.make_projectors
+
+    def edit(terms):
+        log.append({t: getattr(terms, t).item() for t in TERMS})
+        for term in dropped:
+            setattr(terms, term, getattr(terms, term) * 0.0)
+        return terms
+
+    def cma(*args, **kwargs):
+        terms, weights = saved[0](*args, **kwargs)
+        return edit(terms), weights
+
+    def make(kd, kd_weight, student, teacher):
+        projectors = saved[2](kd, kd_weight, student, teacher)
+        if pinv_init and projectors is not None:
+            w_s, w_t = student.get_output_embeddings().weight.detach(), teacher.get_output_embeddings().weight.detach()
+            with torch.no_grad():
+                projectors.t2s.weight.copy_(torch.linalg.pinv(w_s) @ w_t)  # W_S·P_t2s ≈ W_T
+                projectors.s2t.weight.copy_(torch.linalg.pinv(w_t) @ w_s)  # W_T·P_s2t ≈ W_S
+                projectors.t2s.bias.zero_()
+                projectors.s2t.bias.zero_()
+        return projectors
+
+    cross.cma_loss, cross.dual_space_loss, cross.make_projectors = cma, lambda *a, **k: edit(saved[1](*a, **k)), make
+    try:
+        yield
+    finally:
+        cross.cma_loss, cross.dual_space_loss, cross.make_projectors = saved
+
+
+def main() -> None:
+    configure_environment()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", help=f"a comma-separated subset of: {', '.join(VARIANTS)}")
+    parser.add_argument("--out", default="docs/dskd-ablations.json")
+    args = parser.parse_args()
+
+    from dskd_comparison import DOMAINS, held_out_bpb  # bench/ is the script's folder, first on sys.path
+    from distiller.trainer import DistillConfig, distill
+    from harness.demo import ensure_world
+
+    world = ensure_world(kdh_home(), "default")
+    domains = {d: (world.domain_file(d, "train.jsonl"), world.domain_file(d, "validation.jsonl")) for d in DOMAINS}
+    starts = {"student": world.student_dir, "cross_student": world.cross_student_dir}
+    results = {}
+    for name in args.variants.split(",") if args.variants else VARIANTS:
+        start, kd, kd_weight, dropped, pinv_init = VARIANTS[name]
+        config = DistillConfig(teacher=str(world.teacher_dir), student=str(starts[start]),
+                               output_dir=str(kdh_home() / "bench" / "dskd-ablations" / name), steps=args.steps,
+                               batch_size=8, block_size=256, lr=1e-3, kd=kd, kd_weight=kd_weight, mixture="ddk",
+                               interval=50, seed=args.seed, save_every=args.steps, progress=False)
+        log: list[dict] = []
+        with variant(dropped, pinv_init, log):
+            result = distill(config, domains)
+        bpb = held_out_bpb(result.student_dir, world, 120, 256)
+        results[name] = {"bits_per_byte": bpb, "mean": sum(bpb.values()) / len(bpb),
+                         "terms": {step: log[step] for step in (0, 10, 50, 100, len(log) - 1) if log[step:]}}
+        print(name, json.dumps({d: round(v, 4) for d, v in bpb.items()}), f"mean {results[name]['mean']:.3f}", flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "variants": results}, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
