@@ -98,7 +98,8 @@ def main() -> None:
         bpb = held_out_bpb(result.student_dir, world, 120, 256)
         results[name] = {"bits_per_byte": bpb, "mean": sum(bpb.values()) / len(bpb),
                          "terms": {step: log[step] for step in (0, 10, 50, 100, len(log) - 1) if log[step:]}}
-        print(name, json.dumps({d: round(v, 4) for d, v in bpb.items()}), f"mean {results[name]['mean']:.3f}", flush=True)
+        print(name, json.dumps({d: round(v, 4) for d, v in bpb.items()}), f"mean {results[name]['mean']:.3f}",
+              flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "variants": results}, indent=1))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 from pathlib import Path
 
@@ -78,7 +77,8 @@ def main() -> None:
     starts = {"student": world.student_dir, "cross_student": world.cross_student_dir}
     bpb = {"teacher": {0: held_out_bpb(world.teacher_dir, world, args.docs, block)}}
     for name, folder in starts.items():
-        bpb[f"{'cross' if name == 'cross_student' else 'same'}-initial"] = {0: held_out_bpb(folder, world, args.docs, block)}
+        group = "cross" if name == "cross_student" else "same"
+        bpb[f"{group}-initial"] = {0: held_out_bpb(folder, world, args.docs, block)}
     runs: dict[str, dict] = {}
     for name, (_, start, kd, kd_weight) in arms.items():
         bpb[name], runs[name] = {}, {}
@@ -148,9 +148,9 @@ def write_report(args, seeds: list[int], bpb: dict, runs: dict, vocab: dict, out
         (f"; the mean over the {len(seeds)} seeds, (min–max) across them" if len(seeds) > 1 else "") +
         ". Best of the distilled arms in bold.",
         "",
-        *table(f"**Different vocabularies**: the demo teacher ({vocab['teacher']:,}-token BPE) into the cross-vocabulary "
-               f"demo student (its own {vocab['cross_student']:,}-token BPE, learnt from another half of the documents):",
-               cross),
+        *table(f"**Different vocabularies**: the demo teacher ({vocab['teacher']:,}-token BPE) into the "
+               f"cross-vocabulary demo student (its own {vocab['cross_student']:,}-token BPE, learnt from another "
+               "half of the documents):", cross),
         *table("**One vocabulary**: the demo teacher into the demo student (same tokenizer):", same),
         "Cost of the loop (seconds and student tokens per second, mean over seeds):",
         "",

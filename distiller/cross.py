@@ -106,7 +106,8 @@ def pack_pairs(texts: list[str], student_tokenizer, teacher_tokenizer, block_siz
     return torch.tensor(stream[: n_blocks * width], dtype=torch.long).view(n_blocks, width), teacher
 
 
-def pair_rows(pairs: dict[str, tuple[torch.Tensor, list[list[int]]]], teacher_context: int) -> tuple[dict[str, torch.Tensor], int]:
+def pair_rows(pairs: dict[str, tuple[torch.Tensor, list[list[int]]]],
+              teacher_context: int) -> tuple[dict[str, torch.Tensor], int]:
     """Sampler rows per domain: the student's block, then the teacher's ids padded with PAD to one
     width for every domain (at most teacher_context + 1, the teacher's window plus its last label).
     Returns (rows, how many teacher sequences had to be cut to fit)."""

@@ -204,7 +204,8 @@ def _build(root: Path, recipe: dict, corpus: dict, mc: dict, progress: bool) -> 
         cross_tokenizer.save_pretrained(root / "cross_tokenizer")
         cross_streams = {d: encode_stream(cross_tokenizer, corpus[d]["train"]) for d in DOMAINS}
         cross = make_model(hp, cross_tokenizer, recipe["block_size"])
-        training["cross_student"] = train_model(cross, cross_streams, hp, recipe["block_size"], "cross_student", progress)
+        training["cross_student"] = train_model(cross, cross_streams, hp, recipe["block_size"], "cross_student",
+                                                progress)
         cross.save_pretrained(root / "cross_student", safe_serialization=True)
         cross_tokenizer.save_pretrained(root / "cross_student")
 
