@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from distiller.data import count_blocks
 from distiller.dskd import Projectors, Side, cma_loss, dual_space_loss, uld_loss
 from distiller.losses import distillation_loss
 
@@ -80,11 +81,7 @@ def pack_pairs(texts: list[str], student_tokenizer, teacher_tokenizer, block_siz
         stream += encoding.ids
         spans += [(doc, start, end) for start, end in encoding.offsets]
     width = block_size + 1
-    n_blocks = len(stream) // width
-    if n_blocks < 1:
-        name = f"domain {domain!r}" if domain else "the data"
-        raise ValueError(f"{name} has {len(texts)} documents, {len(stream)} tokens: fewer than one block of "
-                         f"{width} (block_size {block_size} + 1); add data or lower the block size")
+    n_blocks = count_blocks(len(stream), block_size, len(texts), domain)
 
     # Each block as segments: EOS, or a run of one document's tokens → that document's text.
     blocks: list[list[int | str]] = []

@@ -59,12 +59,19 @@ def pack_blocks(texts: list[str], tokenizer, block_size: int, eos_id: int, *, do
         stream.append(eos_id)
         stream.extend(ids)
     width = block_size + 1
-    n_blocks = len(stream) // width
-    if n_blocks < 1:
-        name = f"domain {domain!r}" if domain else "the data"
-        raise ValueError(f"{name} has {len(texts)} documents, {len(stream)} tokens: fewer than one block of "
-                         f"{width} (block_size {block_size} + 1); add data or lower the block size")
+    n_blocks = count_blocks(len(stream), block_size, len(texts), domain)
     return torch.tensor(stream[: n_blocks * width], dtype=torch.long).view(n_blocks, width)
+
+
+def count_blocks(tokens: int, block_size: int, documents: int, domain: str | None = None) -> int:
+    """How many whole blocks of ``block_size + 1`` tokens the stream holds; at least one, or a
+    clear error."""
+    width = block_size + 1
+    if tokens // width < 1:
+        name = f"domain {domain!r}" if domain else "the data"
+        raise ValueError(f"{name} has {documents} documents, {tokens} tokens: fewer than one block of "
+                         f"{width} (block_size {block_size} + 1); add data or lower the block size")
+    return tokens // width
 
 
 def _derived_seed(*parts) -> int:
