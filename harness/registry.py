@@ -241,7 +241,7 @@ class _Reader:
         if not isinstance(task, str) or not task:
             self.fail(f"{where}.task", "must be a built-in lm-eval task name or a path to a task .yaml file")
         metric = raw["metric"]
-        if metric not in METRICS:
+        if not isinstance(metric, str) or metric not in METRICS:
             close = difflib.get_close_matches(str(metric), sorted(METRICS), n=1)
             hint = f"; did you mean '{close[0]}'?" if close else f"; known: {', '.join(sorted(METRICS))}"
             self.fail(f"{where}.metric", f"unknown metric '{metric}'{hint}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from harness.scorecard import ROW_COLUMNS, Scorecard
 
 from conftest import MC_ROWS, PPL_ROWS, TEMPLATES
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=int(os.environ.get("KDH_FUZZ_EXAMPLES", "150")), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KEYS = sorted(SUITE_KEYS | DEFAULT_KEYS | DOMAIN_KEYS | SLICE_KEYS | THRESHOLD_KEYS)
 
 scalars = (st.none() | st.booleans() | st.integers(-5, 1000) | st.floats(allow_nan=True)
