@@ -3,9 +3,11 @@
 Two ways in:
 - `divergence` / `token_divergence` work on logits someone already has ([B, T, V] or [N, V]);
 - `distillation_loss` is what the trainer calls: it takes final hidden states and LM heads and never
-  materialises [B, T, V] logits. Positions go through in chunks under activation checkpointing, so peak
-  memory grows with chunk × vocabulary, not batch × length × vocabulary (the Liger-style fused path
-  that research notes §6.8 asks for). `distillation_loss_reference` is the plain version it must equal.
+  materialises [B, T, V] logits. Positions go through in chunks, so peak memory grows with chunk ×
+  vocabulary, not batch × length × vocabulary (the Liger-style fused path that research notes §6.8 asks
+  for). For CE + forward KL (DDK's loss) each chunk's gradient is formed in the forward; the other
+  divergences go under activation checkpointing. `distillation_loss_reference` is the plain version
+  both must equal.
 
 Conventions (see /work/shared/reference/kd-losses.md §2):
 - p is the teacher distribution, q the student's, both softmax(logits / temperature).
@@ -219,6 +221,75 @@ def _fused_chunk_sums(hidden: Tensor, weight: Tensor, bias: Tensor | None, targe
     return ce_sum, _divergence_from_log_probs(log_q, log_p, kind, beta, alpha).sum()
 
 
+# glibc's malloc serves blocks above its mmap threshold (capped at 32 MiB on 64-bit) with a fresh mmap
+# and unmaps them on free, so V-sized temporaries above it fault in zeroed pages on every use: at
+# V = 50k, chunks of 256 positions spent as much system CPU as arithmetic (docs/distill-step.md).
+# Chunks are therefore capped in bytes as well as positions.
+CHUNK_BYTES = 24 * 2**20
+
+
+def _positions_per_chunk(chunk_size: int | None, n_valid: int, vocab: int) -> int:
+    if chunk_size is None:
+        return max(n_valid, 1)
+    return max(1, min(chunk_size, CHUNK_BYTES // (4 * vocab)))
+
+
+class _CrossEntropyForwardKL(torch.autograd.Function):
+    """Σ CE + γ·Σ KL(p_τ‖q_τ) through the heads, its gradient formed chunk by chunk in the forward.
+
+    For this loss the gradient of a position's student logits is closed-form,
+    softmax(z) − onehot(y) + (γ/τ)·(softmax(z/τ) − p_τ), so each chunk multiplies it back through the
+    head at once (as Liger's fused linear cross-entropy does): nothing V-sized is kept for backward and
+    nothing is recomputed there, unlike the checkpointed path, which runs both heads twice.
+    Outputs (Σ total, Σ ce, Σ kd); only the first carries a gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias,
+                kd_weight: float, temperature: float, chunk: int):
+        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        compute = torch.promote_types(hidden.dtype, torch.float32)
+        grad_h = torch.empty_like(hidden) if want_h else None
+        grad_w = torch.zeros_like(weight, dtype=compute) if want_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=compute) if want_b else None
+        ce_sum = kd_sum = torch.zeros((), dtype=torch.float64)
+        rows = torch.arange(chunk)
+        for start in range(0, hidden.shape[0], chunk):
+            h, y = hidden[start:start + chunk], targets[start:start + chunk]
+            log_q = F.log_softmax(F.linear(h, weight, bias).to(compute), dim=-1)
+            ce_sum = ce_sum - log_q.gather(-1, y.unsqueeze(-1)).sum().double()
+            grad = log_q.exp()  # q
+            if teacher_hidden is not None:
+                log_p = F.log_softmax(F.linear(teacher_hidden[start:start + chunk].to(teacher_weight.dtype),
+                                               teacher_weight, teacher_bias).to(compute) / temperature, dim=-1)
+                log_q_t = log_q if temperature == 1.0 else F.log_softmax(log_q / temperature, dim=-1)
+                p = log_p.exp()
+                kd_sum = kd_sum + (p * (log_p - log_q_t)).sum().double()
+                del log_p
+                q_t = grad if temperature == 1.0 else log_q_t.exp()
+                grad = grad + (kd_weight / temperature) * (q_t - p)
+                del p, q_t, log_q_t
+            del log_q
+            grad[rows[:len(y)], y] -= 1
+            if want_h:
+                grad_h[start:start + chunk] = (grad @ weight.to(compute)).to(hidden.dtype)
+            if want_w:
+                grad_w.addmm_(grad.T, h.to(compute))
+            if want_b:
+                grad_b += grad.sum(0)
+        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
+                              None if grad_b is None else grad_b.to(bias.dtype))
+        ce_sum, kd_sum = ce_sum.to(compute), kd_sum.to(compute)
+        ce_out, kd_out = ce_sum.clone(), kd_sum.clone()
+        ctx.mark_non_differentiable(ce_out, kd_out)
+        return ce_sum + kd_weight * kd_sum, ce_out, kd_out
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_ce, _grad_kd):
+        grads = [None if g is None else g * grad_total.to(g.dtype) for g in ctx.saved_tensors]
+        return (*grads, None, None, None, None, None, None, None)
+
+
 def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden: Tensor | None,
                       teacher_head: Head | None, labels: Tensor, *, kd_weight: float = 0.2,
                       kind: str = "forward_kl", temperature: float = 1.0, beta: float = 0.5, alpha: float = 0.1,
@@ -230,9 +301,10 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     teacher_hidden [B, T, H_t] and teacher_head [V, H_t] are constants; unused, and may be None, when
     kd_weight == 0 (the continued-pre-training baseline: no teacher forward at all).
     labels [B, T]: already shifted (position t predicts labels[t]); ignore_index marks positions to skip.
-    ce and kd are means over valid positions, total = ce + kd_weight * kd (γ = 0.2, τ = 1 in DDK).
-    chunk_size positions at a time go through the heads under activation checkpointing, so peak memory
-    is O(chunk_size × V) in forward and backward; None does all valid positions in one piece.
+    ce and kd are means over valid positions, total = ce + kd_weight * kd (γ = 0.2, τ = 1 in DDK); when
+    training with forward KL (or CE alone) only total carries a gradient, ce and kd are for logging.
+    At most chunk_size positions (and CHUNK_BYTES of V-sized buffer) go through the heads at a time, so
+    peak memory is O(chunk × V) in forward and backward; None does all valid positions in one piece.
     """
     _check_options(kind, temperature, beta, alpha)
     _check_chunk_size(chunk_size)
@@ -248,19 +320,27 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])[valid]
     targets = labels.reshape(-1)[valid]
     n_valid = hidden.shape[0]
-    chunk = chunk_size or max(n_valid, 1)
-    hidden_chunks, target_chunks = hidden.split(chunk), targets.split(chunk)
+    chunk = _positions_per_chunk(chunk_size, n_valid, weight.shape[0])
 
-    teacher_chunks = [None] * len(hidden_chunks)
-    teacher_weight = teacher_bias = None
+    teacher_rows = teacher_weight = teacher_bias = None
     if use_teacher:
         if teacher_hidden.shape[:-1] != labels.shape:
             raise ValueError(f"teacher hidden states {tuple(teacher_hidden.shape)} do not match labels "
                              f"{tuple(labels.shape)}")
         teacher_weight, teacher_bias = (t.detach() if t is not None else None
                                         for t in _weight_and_bias(teacher_head))
-        teacher_chunks = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])[valid].split(chunk)
+        teacher_rows = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])[valid]
 
+    trains = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    if trains and (kind == "forward_kl" or not use_teacher):
+        total_sum, ce_sum, kd_sum = _CrossEntropyForwardKL.apply(
+            hidden, weight, bias, targets, teacher_rows, teacher_weight, teacher_bias,
+            kd_weight if use_teacher else 0.0, temperature, chunk)
+        n = max(n_valid, 1)
+        return total_sum / n, ce_sum / n, kd_sum / n
+
+    hidden_chunks, target_chunks = hidden.split(chunk), targets.split(chunk)
+    teacher_chunks = [None] * len(hidden_chunks) if teacher_rows is None else teacher_rows.split(chunk)
     chunk_sums = partial(_fused_chunk_sums, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
     ce_sum = kd_sum = 0.0
     for h, y, t in zip(hidden_chunks, target_chunks, teacher_chunks):
