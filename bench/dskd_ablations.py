@@ -14,29 +14,30 @@ import json
 from contextlib import contextmanager
 from pathlib import Path
 
-import torch
-
 from harness.home import configure_environment, kdh_home
 
 TERMS = ("student_ce", "t2s_ce", "student_kd", "teacher_kd", "agreement")
-# id: (which demo student, --kd, weight, the terms dropped from the loss, projectors initialised from the heads)
+# id: (which demo student, --kd, weight, the terms dropped from the loss, projector init). The distiller
+# now starts the projectors from the heads (Projectors.from_heads): the "heads" variants are its default,
+# and "random" (nn.Linear's default, the init before) reproduces the runs recorded in docs/dskd-ablations.json.
 VARIANTS = {
-    "cma": ("cross_student", "dskd-cma", 0.5, (), False),
-    "cma-no-teacher-space": ("cross_student", "dskd-cma", 0.5, ("teacher_kd",), False),
-    "cma-projectors-only": ("cross_student", "dskd-cma", 0.5, ("student_kd", "teacher_kd"), False),
-    "cma-w0.2": ("cross_student", "dskd-cma", 0.2, (), False),
-    "dskd": ("student", "dskd", 0.5, (), False),
-    "dskd-no-student-space": ("student", "dskd", 0.5, ("student_kd",), False),
-    "dskd-pinv-init": ("student", "dskd", 0.5, (), True),
-    "dskd-pinv-init-w0.2": ("student", "dskd", 0.2, (), True),
-    "kd-gamma2": ("student", "kd", 2.0, (), False),
+    "cma": ("cross_student", "dskd-cma", 0.5, (), "random"),
+    "cma-no-teacher-space": ("cross_student", "dskd-cma", 0.5, ("teacher_kd",), "random"),
+    "cma-projectors-only": ("cross_student", "dskd-cma", 0.5, ("student_kd", "teacher_kd"), "random"),
+    "cma-w0.2": ("cross_student", "dskd-cma", 0.2, (), "random"),
+    "cma-heads-init": ("cross_student", "dskd-cma", 0.5, (), "heads"),  # the default now
+    "dskd": ("student", "dskd", 0.5, (), "random"),
+    "dskd-no-student-space": ("student", "dskd", 0.5, ("student_kd",), "random"),
+    "dskd-pinv-init": ("student", "dskd", 0.5, (), "heads"),  # the default now
+    "dskd-pinv-init-w0.2": ("student", "dskd", 0.2, (), "heads"),
+    "kd-gamma2": ("student", "kd", 2.0, (), "heads"),
 }
 
 
 @contextmanager
-def variant(dropped: tuple[str, ...], pinv_init: bool, log: list):
+def variant(dropped: tuple[str, ...], init: str, log: list):
     """Log each step's dual-space terms; zero the dropped ones (the student gets no gradient from
-    them) and/or initialise the projectors from the heads (DSKDv2: P_t2s = pinv(W_S)·W_T)."""
+    them); with ``init="random"``, start the projectors from nn.Linear's default instead of the heads."""
     from distiller import cross
 
     saved = cross.cma_loss, cross.dual_space_loss, cross.make_projectors
@@ -51,16 +52,11 @@ def variant(dropped: tuple[str, ...], pinv_init: bool, log: list):
         terms, weights = saved[0](*args, **kwargs)
         return edit(terms), weights
 
-    def make(kd, kd_weight, student, teacher):
-        projectors = saved[2](kd, kd_weight, student, teacher)
-        if pinv_init and projectors is not None:
-            w_s, w_t = student.get_output_embeddings().weight.detach(), teacher.get_output_embeddings().weight.detach()
-            with torch.no_grad():
-                projectors.t2s.weight.copy_(torch.linalg.pinv(w_s) @ w_t)  # W_S·P_t2s ≈ W_T
-                projectors.s2t.weight.copy_(torch.linalg.pinv(w_t) @ w_s)  # W_T·P_s2t ≈ W_S
-                projectors.t2s.bias.zero_()
-                projectors.s2t.bias.zero_()
-        return projectors
+    def make(kd, kd_weight, student, teacher, token_pairs=None):
+        if init == "heads" or kd not in ("dskd", "dskd-cma") or kd_weight == 0:
+            return saved[2](kd, kd_weight, student, teacher, token_pairs)
+        return cross.Projectors(student.get_output_embeddings().weight.shape[1],
+                                teacher.get_output_embeddings().weight.shape[1], cross_attention=kd == "dskd-cma")
 
     cross.cma_loss, cross.dual_space_loss, cross.make_projectors = cma, lambda *a, **k: edit(saved[1](*a, **k)), make
     try:
@@ -87,13 +83,13 @@ def main() -> None:
     starts = {"student": world.student_dir, "cross_student": world.cross_student_dir}
     results = {}
     for name in args.variants.split(",") if args.variants else VARIANTS:
-        start, kd, kd_weight, dropped, pinv_init = VARIANTS[name]
+        start, kd, kd_weight, dropped, init = VARIANTS[name]
         config = DistillConfig(teacher=str(world.teacher_dir), student=str(starts[start]),
                                output_dir=str(kdh_home() / "bench" / "dskd-ablations" / name), steps=args.steps,
                                batch_size=8, block_size=256, lr=1e-3, kd=kd, kd_weight=kd_weight, mixture="ddk",
                                interval=50, seed=args.seed, save_every=args.steps, progress=False)
         log: list[dict] = []
-        with variant(dropped, pinv_init, log):
+        with variant(dropped, init, log):
             result = distill(config, domains)
         bpb = held_out_bpb(result.student_dir, world, 120, 256)
         results[name] = {"bits_per_byte": bpb, "mean": sum(bpb.values()) / len(bpb),

@@ -15,6 +15,7 @@ retention means for a bits-per-byte slice (teacher/student), so ``--gaps-from`` 
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
@@ -23,6 +24,8 @@ import torch
 from distiller.data import count_blocks
 from distiller.dskd import Projectors, Side, cma_loss, dual_space_loss, uld_loss
 from distiller.losses import distillation_loss
+
+log = logging.getLogger(__name__)
 
 PAD = -1  # a teacher position with no token, in the sampler's rows
 KD_MODES = ("kd", "dskd", "dskd-cma", "uld")
@@ -188,12 +191,25 @@ def domain_bits_per_byte(model, tokenizer, pieces: dict[str, list[str]], context
 
 # --- the training step of dskd, dskd-cma and uld -----------------------------------------------
 
-def make_projectors(kd: str, kd_weight: float, student, teacher) -> Projectors | None:
-    """DSKD's projectors between the two models' final hidden sizes (the heads' input widths)."""
+def shared_tokens(student_tokenizer, teacher_tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """(student ids, teacher ids) of the tokens both vocabularies spell the same way."""
+    s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+    common = sorted(set(s_vocab) & set(t_vocab))
+    return torch.tensor([s_vocab[t] for t in common], dtype=torch.long), torch.tensor([t_vocab[t] for t in common],
+                                                                                      dtype=torch.long)
+
+
+def make_projectors(kd: str, kd_weight: float, student, teacher, token_pairs=None) -> Projectors | None:
+    """DSKD's projectors between the two models' final hidden sizes, initialised from the two heads
+    (``Projectors.from_heads``); across vocabularies ``token_pairs`` (``shared_tokens``) matches
+    their rows, and with no token in common the projectors keep nn.Linear's random start."""
     if kd not in ("dskd", "dskd-cma") or kd_weight == 0:
         return None
-    return Projectors(student.get_output_embeddings().weight.shape[1], teacher.get_output_embeddings().weight.shape[1],
-                      cross_attention=kd == "dskd-cma")
+    w_s, w_t = student.get_output_embeddings().weight, teacher.get_output_embeddings().weight
+    if token_pairs is not None and len(token_pairs[0]) == 0:
+        log.warning("the two vocabularies share no token: DSKD's projectors start at random")
+        return Projectors(w_s.shape[1], w_t.shape[1], cross_attention=kd == "dskd-cma")
+    return Projectors.from_heads(w_s, w_t, cross_attention=kd == "dskd-cma", token_pairs=token_pairs)
 
 
 def sync_gradients(accelerator, module: torch.nn.Module | None) -> None:

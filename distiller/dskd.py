@@ -54,13 +54,36 @@ TEACHER_SPACE_DIVERGENCE = "forward_kl"  # DSKD's released code fixes it; DSKDv2
 class Projectors(nn.Module):
     """DSKD's projectors (configs/projector_config.json): t2s maps the teacher's hidden size to the
     student's, s2t the reverse; CMA adds ``query``, from the student's [input; target] embeddings
-    (2·d_s) to the teacher's (2·d_t). Plain nn.Linear with bias, default initialisation."""
+    (2·d_s) to the teacher's (2·d_t). Plain nn.Linear with bias, default initialisation; the
+    trainer builds them with ``from_heads``."""
 
     def __init__(self, student_dim: int, teacher_dim: int, cross_attention: bool = False):
         super().__init__()
         self.t2s = nn.Linear(teacher_dim, student_dim)
         self.s2t = nn.Linear(student_dim, teacher_dim)
         self.query = nn.Linear(2 * student_dim, 2 * teacher_dim) if cross_attention else None
+
+    @classmethod
+    def from_heads(cls, student_head: Tensor, teacher_head: Tensor, cross_attention: bool = False,
+                   token_pairs: tuple[Tensor, Tensor] | None = None) -> Projectors:
+        """Projectors whose t2s and s2t start from the two LM heads (DSKDv2's initialisation):
+        P_t2s = pinv(W_S)·W_T, the least-squares solution of W_S·P ≈ W_T, so the teacher's states
+        projected and read by the student's head give the teacher's logits as nearly as a linear
+        map can; P_s2t = pinv(W_T)·W_S likewise; biases 0. With one head for both, both are the
+        identity. ``token_pairs`` (student ids, teacher ids): the rows that mean the same token when
+        the vocabularies differ (heads [V, d]; without it the two heads' rows must correspond)."""
+        w_s, w_t = student_head.detach().double(), teacher_head.detach().double()
+        if token_pairs is not None:
+            w_s, w_t = w_s[token_pairs[0]], w_t[token_pairs[1]]
+        if w_s.shape[0] != w_t.shape[0]:
+            raise ValueError(f"heads of {w_s.shape[0]} and {w_t.shape[0]} rows: give token_pairs to match them")
+        projectors = cls(w_s.shape[1], w_t.shape[1], cross_attention)
+        # ``query`` keeps nn.Linear's default: it maps token embeddings to attention queries, which no head reads.
+        with torch.no_grad():
+            for linear, (into, out_of) in ((projectors.t2s, (w_s, w_t)), (projectors.s2t, (w_t, w_s))):
+                linear.weight.copy_(torch.linalg.pinv(into) @ out_of)
+                linear.bias.zero_()
+        return projectors
 
 
 @dataclass

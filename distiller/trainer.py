@@ -190,8 +190,10 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
     decay = [p for p in student.parameters() if p.dim() >= 2]
     no_decay = [p for p in student.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # DSKD's projectors: trained with their own learning rate, kept in the checkpoints, never in the student.
-    projectors = cross.make_projectors(config.kd, kd_weight, student, teacher)
+    # DSKD's projectors, initialised from the two heads: trained with their own learning rate, kept in the
+    # checkpoints, never in the student.
+    pairs = None if same_vocab else cross.shared_tokens(tokenizer, teacher_tokenizer)  # the heads' common rows
+    projectors = cross.make_projectors(config.kd, kd_weight, student, teacher, pairs)
     if projectors is not None:
         projectors.to(accelerator.device)
         groups.append({"params": list(projectors.parameters()), "lr": config.projector_lr,

@@ -115,6 +115,57 @@ def test_with_identical_spaces_dual_space_kd_is_the_plain_divergence(kind):
     assert abs(same.student_kd.item()) < 1e-12 and abs(same.teacher_kd.item()) < 1e-12
 
 
+
+def test_projectors_from_the_heads_carry_the_teachers_logits_into_the_other_space():
+    """P_t2s = pinv(W_S)·W_T is the least-squares map: the teacher's states projected and read by the
+    student's head give the teacher's logits more nearly than any other linear map (and far more
+    nearly than the random start); s2t likewise the other way."""
+    w_s = randn(40, 6, seed=1)
+    w_t = w_s @ randn(6, 10, seed=2) + randn(40, 10, seed=6, scale=0.1)  # heads that mostly agree, as trained ones
+    h_t, h_s = randn(200, 10, seed=3), randn(200, 6, seed=4)
+    heads = Projectors.from_heads(w_s, w_t).double()
+    torch.testing.assert_close(heads.t2s.weight, torch.linalg.lstsq(w_s, w_t).solution)
+    torch.testing.assert_close(heads.s2t.weight, torch.linalg.lstsq(w_t, w_s).solution)
+    assert not heads.t2s.bias.any() and not heads.s2t.bias.any()
+
+    def errors(proj):
+        with torch.no_grad():
+            return (float(((proj.t2s(h_t) @ w_s.T - h_t @ w_t.T) ** 2).mean()),
+                    float(((proj.s2t(h_s) @ w_t.T - h_s @ w_s.T) ** 2).mean()))
+
+    t2s, s2t = errors(heads)
+    t2s_random, s2t_random = errors(projectors(6, 10))
+    assert t2s < 0.05 * t2s_random and s2t < 0.05 * s2t_random
+    perturbed = Projectors.from_heads(w_s, w_t).double()
+    with torch.no_grad():
+        perturbed.t2s.weight.add_(1e-2 * randn(6, 10, seed=5))
+    assert errors(perturbed)[0] > t2s  # a nearby map does worse: it is the optimum
+
+
+def test_projectors_from_one_head_are_the_identity_and_dskd_is_plain_kd():
+    data = pair(d_s=8, d_t=8)
+    head = data["student_head"].detach()
+    proj = Projectors.from_heads(head, head).double()
+    for linear in (proj.t2s, proj.s2t):
+        torch.testing.assert_close(linear.weight, torch.eye(8, dtype=torch.float64))
+    terms = dual_space_loss(data["student_hidden"], head, data["teacher_hidden"], head, data["labels"], proj)
+    mask = data["labels"] != -100
+    expected = divergence(data["student_hidden"] @ head.T, data["teacher_hidden"] @ head.T, "forward_kl", mask=mask)
+    torch.testing.assert_close(terms.student_kd, expected)
+
+
+def test_projectors_from_two_vocabularies_use_the_rows_of_shared_tokens():
+    w_s, w_t = randn(9, 4, seed=1), randn(12, 5, seed=2)
+    pairs = torch.tensor([0, 2, 3, 5, 6, 8]), torch.tensor([11, 1, 4, 2, 7, 0])
+    proj = Projectors.from_heads(w_s, w_t, cross_attention=True, token_pairs=pairs).double()
+    sliced = Projectors.from_heads(w_s[pairs[0]], w_t[pairs[1]]).double()
+    torch.testing.assert_close(proj.t2s.weight, sliced.t2s.weight)
+    torch.testing.assert_close(proj.s2t.weight, sliced.s2t.weight)
+    assert proj.query is not None and proj.query.weight.shape == (10, 8)  # left at nn.Linear's default
+    with pytest.raises(ValueError, match="token_pairs"):
+        Projectors.from_heads(w_s, w_t)
+
+
 # --- cross-model attention on a hand-made pair of tokenizations -------------------------------
 
 STRINGS = ["<e>", "ab", "c", "de", "d", "e"]
@@ -235,6 +286,15 @@ def tokenizers(tiny_world):
 
     return (AutoTokenizer.from_pretrained(tiny_world.cross_student_dir),
             AutoTokenizer.from_pretrained(tiny_world.teacher_dir))
+
+
+def test_shared_tokens_pair_the_ids_of_one_string_in_both_vocabularies(tokenizers):
+    from distiller.cross import shared_tokens
+
+    student, teacher = tokenizers
+    s_ids, t_ids = shared_tokens(student, teacher)
+    assert len(s_ids) > len(student) // 2  # the demo's two byte-level BPEs share most tokens
+    assert student.convert_ids_to_tokens(s_ids.tolist()) == teacher.convert_ids_to_tokens(t_ids.tolist())
 
 
 def test_pairs_hold_the_same_text_in_both_tokenizations(tiny_world, tokenizers):
