@@ -14,7 +14,7 @@ import traceback
 from pathlib import Path
 
 from harness import home
-from harness.errors import EXIT_RUNTIME, BadInput, KdhError, RuntimeFailure
+from harness.errors import EXIT_RUNTIME, BadInput, KdhError
 
 DEMO_SIZES = ("default", "tiny")
 
@@ -172,9 +172,9 @@ def cmd_distill(args) -> int:
     from accelerate import PartialState
 
     from distiller.cross import ACROSS_TOKENIZERS, DEFAULT_KD_WEIGHT, check_pair
-    from distiller.trainer import DistillConfig, DistillError, distill
+    from distiller.trainer import DistillConfig, distill
     from harness import tracking
-    from harness.loop import distill_domains
+    from harness.loop import distill_domains, distill_errors
     from harness.report import table
 
     import torch
@@ -213,7 +213,7 @@ def cmd_distill(args) -> int:
         temperature=args.temperature, divergence=args.divergence, mixture=args.mixture, interval=args.interval,
         gaps_from=args.gaps_from, save_every=args.save_every, resume=args.resume, seed=args.seed,
         mixed_precision=args.mixed_precision)
-    try:
+    with distill_errors():  # ValueError: bad input (2); DistillError: a failure while running (3)
         if not main_process:
             distill(config, domains)
             return 0
@@ -230,8 +230,6 @@ def cmd_distill(args) -> int:
                                 "seconds": result.seconds, "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})
             mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
             mlflow.set_tag("kdh.student_dir", str(result.student_dir))
-    except (DistillError, ValueError) as err:
-        raise BadInput(str(err)) if isinstance(err, ValueError) else RuntimeFailure(str(err)) from err
     first, last = result.history[0], result.history[-1]
     ratio = "ppl ratio" if result.ratio_of == "perplexity" else "bpb ratio"  # bits per byte across tokenizers
     summary = pd.DataFrame([{"domain": d, "weight at start": first[f"weight/{d}"], "weight at end": last[f"weight/{d}"],

@@ -86,6 +86,7 @@ def cmd_promote(args) -> int:
 
 
 def cmd_loop(args) -> int:
+    from distiller.cross import check_pair
     from harness import loop, tracking
 
     uri = tracking.connect(args.tracking_uri)
@@ -94,6 +95,10 @@ def cmd_loop(args) -> int:
     world = None if (args.teacher and args.student) else demo_world()
     teacher = model_ref("teacher", args.teacher or world.teacher_dir, args)
     base = model_ref("student", args.student or world.student_dir, args).source
+    try:  # the loop distils with --kd kd: two tokenizers are bad input now, not after the first scoring
+        check_pair(teacher.source, base, "kd", args.kd_weight)
+    except (OSError, ValueError) as err:
+        raise BadInput(str(err)) from None
     settings = loop.LoopSettings(rounds=args.rounds, steps=args.steps, batch_size=args.train_batch_size,
                                  kd_weight=args.kd_weight, interval=args.interval, seed=args.seed,
                                  promote=not args.no_promote)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
 from harness import home, promotion, tracking
-from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput, ValidationFailed
+from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput, RuntimeFailure, ValidationFailed
 from harness.gate import Verdict, decide
 from harness.models import ModelRef
 from harness.registry import Suite
@@ -158,13 +159,27 @@ def distill_domains(suite: Suite) -> dict[str, tuple[Path, Path]]:
     return {d.name: (d.train, d.validation) for d in suite.domains}
 
 
+@contextmanager
+def distill_errors():
+    """The distiller's errors as kdh's, for `kdh distill` and `kdh loop` alike: a ValueError is bad
+    input (exit 2: a tokenizer mismatch, a flag out of range, unreadable data), a DistillError a
+    failure while running (exit 3); kdh's own errors pass through with their codes."""
+    from distiller.trainer import DistillError
+
+    try:
+        yield
+    except ValueError as err:
+        raise BadInput(str(err)) from err
+    except DistillError as err:
+        raise RuntimeFailure(str(err)) from err
+
+
 def _distill_round(suite: Suite, teacher: ModelRef, student_dir: str, gaps: Path, settings: LoopSettings,
                    out: Path, round_no: int):
     """DDK distillation seeded with the scorecard's gaps, under a nested ``distill`` run."""
     import mlflow
 
-    from distiller.trainer import DistillConfig, DistillError, distill
-    from harness.errors import RuntimeFailure
+    from distiller.trainer import DistillConfig, distill
 
     config = DistillConfig(teacher=teacher.source, student=student_dir, output_dir=str(out), steps=settings.steps,
                            batch_size=settings.batch_size, block_size=settings.block_size, lr=settings.lr,
@@ -172,10 +187,8 @@ def _distill_round(suite: Suite, teacher: ModelRef, student_dir: str, gaps: Path
                            seed=settings.seed + round_no)
     with tracking.tracked_run(suite.name, "distill", f"distill round {round_no}", nested=True) as run:
         mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name, "round": round_no})
-        try:
+        with distill_errors():
             result = distill(config, distill_domains(suite))
-        except DistillError as err:
-            raise RuntimeFailure(str(err)) from err
         mlflow.log_table(pd.DataFrame(result.history), artifact_file="tables/ddk_history.json")
         mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "seconds": result.seconds,
                             "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})

@@ -85,3 +85,37 @@ def test_promotion_needs_a_passing_gate_and_rolls_back(looped, lenient_suite, tm
     assert int(promotion.champion_version("kdh-default").version) == 1
     history = promotion.history("kdh-default")
     assert list(history["version"]) == [2, 1] and list(history["champion"]) == [False, True]
+
+
+def test_a_loop_over_two_tokenizers_is_bad_input_before_any_scoring(tiny_world, tmp_path, capsys):
+    """The loop distils with plain KD, which needs one vocabulary: exit 2 (bad input), as `kdh distill`."""
+    code = main(["loop", "--teacher", str(tiny_world.teacher_dir), "--student", str(tiny_world.cross_student_dir),
+                 "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}", "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "tokenizers differ" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists(), "refused before anything was scored"
+
+
+def test_bad_input_found_inside_a_loops_distillation_exits_2_and_a_failure_3(tiny_world, tmp_path, monkeypatch):
+    """Past the early checks (a champion with another tokenizer, say), the distiller's ValueError is
+    still bad input and its DistillError a failure while running: the codes `kdh distill` gives."""
+    from distiller import trainer
+    from harness import loop, tracking
+    from harness.cli import default_suite, open_suite
+    from harness.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, KdhError
+
+    tracking.connect(f"sqlite:///{tmp_path / 'm.db'}")
+    suite = open_suite(str(default_suite()))
+    teacher = ModelRef("teacher", str(tiny_world.teacher_dir))
+    args = (suite, teacher, str(tiny_world.cross_student_dir), tmp_path / "scorecard.json", loop.LoopSettings(steps=2))
+    with pytest.raises(KdhError, match="tokenizers differ") as raised:  # the real distiller's check
+        loop._distill_round(*args, tmp_path / "distill", 1)
+    assert raised.value.exit_code == EXIT_BAD_INPUT
+
+    def diverge(*_, **__):
+        raise trainer.DistillError("the loss became nan")
+
+    monkeypatch.setattr(trainer, "distill", diverge)
+    with pytest.raises(KdhError, match="nan") as raised:
+        loop._distill_round(*args, tmp_path / "distill-2", 1)
+    assert raised.value.exit_code == EXIT_RUNTIME
