@@ -248,9 +248,8 @@ class Step:
         hidden = _last_hidden(self.student, s_in)
         head = self.student_core.get_output_embeddings()
         if self.kd_weight == 0:
-            _, ce, kd = distillation_loss(hidden, head, None, None, s_lab, kd_weight=0.0,
-                                          chunk_size=self.options["chunk_size"])
-            return ce, ce, kd
+            # The total carries the gradient (ce and kd are for logging: the fused loss's convention).
+            return distillation_loss(hidden, head, None, None, s_lab, kd_weight=0.0, chunk_size=self.options["chunk_size"])
         with torch.inference_mode():
             teacher_hidden = _last_hidden(self.teacher, t_in)
         teacher_hidden = teacher_hidden.clone()  # out of inference mode: autograd may save it
