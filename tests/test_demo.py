@@ -246,3 +246,20 @@ def test_changed_recipe_rebuilds_once_even_with_two_callers(tiny_world, tmp_path
     assert json.loads((home / "demo" / "tiny" / "world.json").read_text()) == worlds[0].manifest
     leftovers = [p.name for p in (home / "demo").iterdir() if p.name.startswith(".tiny.") and p.name != ".tiny.lock"]
     assert leftovers == []
+
+
+def test_a_world_checked_by_this_python_opens_without_regenerating_its_corpus(tiny_world, tiny_home, monkeypatch):
+    """Every command that opens a demo:// suite calls ensure_world; regenerating the corpus there cost
+    about a second a call (16 calls per suite)."""
+    marker = tiny_world.root / "world.json"
+    manifest = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**manifest, "checked_with": "another Python"}))  # as if made elsewhere
+    again = ensure_world(tiny_home, "tiny", progress=False)  # the long way: regenerates, compares, marks
+    assert again.root == tiny_world.root
+    assert json.loads(marker.read_text())["checked_with"] == build._stdlib_id()
+
+    def no_corpus(*args, **kwargs):
+        raise AssertionError("the corpus was regenerated for a world this Python already checked")
+
+    monkeypatch.setattr(build, "build_corpus", no_corpus)
+    assert ensure_world(tiny_home, "tiny", progress=False).manifest == json.loads(marker.read_text())

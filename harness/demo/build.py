@@ -22,10 +22,12 @@ import os
 import platform
 import shutil
 import sys
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.demo import corpus as corpus_module, items as items_module
 from harness.demo.checks import encode_texts, evaluate_models
 from harness.demo.corpus import DOMAINS, _unit_hash, build_corpus, corpus_fingerprint
 from harness.demo.items import build_mc_items
@@ -112,15 +114,21 @@ def recipe_hash(recipe: dict) -> str:
 def ensure_world(home: Path, size: str = "default", progress: bool = True) -> World:
     """The demo world of ``size`` under ``home/demo/size``, built first if missing or stale."""
     recipe = world_recipe(size)
-    corpus = build_corpus(recipe["corpus"])  # cheap, and the stdlib differs between Pythons
+    demo_dir = Path(home) / "demo"
+    root = demo_dir / size
+    # A world this standard library already checked is current without regenerating its corpus
+    # (about 1 s, paid by every command that opens a demo:// suite).
+    checked = {"recipe_hash": recipe_hash(recipe), "checked_with": _stdlib_id()}
+    if (world := _current(root, size, checked)) is not None:
+        return world
+    corpus = build_corpus(recipe["corpus"])  # the corpus comes from the stdlib, which differs between Pythons
     seed = recipe["corpus"]["seed"]
     mc = {d: build_mc_items(d, corpus[d]["test"], recipe["mc_items"], seed, max_choice_bytes=recipe["block_size"])
           for d in DOMAINS}
     want = {"recipe_hash": recipe_hash(recipe), "corpus_fingerprint": corpus_fingerprint(corpus),
             "mc_fingerprint": hashlib.sha256(json.dumps(mc, sort_keys=True).encode()).hexdigest()}
-    demo_dir = Path(home) / "demo"
-    root = demo_dir / size
     if (world := _current(root, size, want)) is not None:
+        _mark_checked(root, {**world.manifest, **checked})
         return world
     demo_dir.mkdir(parents=True, exist_ok=True)
     with _locked(demo_dir / f".{size}.lock"):
@@ -128,7 +136,7 @@ def ensure_world(home: Path, size: str = "default", progress: bool = True) -> Wo
             return world
         for stale in demo_dir.glob(temp_prefix(root) + "*"):  # left by a killed build; we hold the lock
             shutil.rmtree(stale, ignore_errors=True)
-        manifest = {"size": size, "recipe": recipe, **want}
+        manifest = {"size": size, "recipe": recipe, **want, **checked}
 
         def fill(building: Path) -> None:
             manifest.update(_build(building, recipe, corpus, mc, progress))
@@ -149,6 +157,23 @@ def _current(root: Path, size: str, want: dict) -> World | None:
     if complete and all(manifest.get(key) == value for key, value in want.items()):
         return world
     return None
+
+
+def _stdlib_id() -> str:
+    """What the corpus and the items are made from: this Python's version and stdlib folder, and the
+    source of the generators (so an edited generator is caught even without a new RECIPE_VERSION)."""
+    sources = hashlib.sha256(b"".join(Path(m.__file__).read_bytes() for m in (corpus_module, items_module)))
+    return f"{sys.version} {os.path.realpath(sysconfig.get_paths()['stdlib'])} {sources.hexdigest()[:16]}"
+
+
+def _mark_checked(root: Path, manifest: dict) -> None:
+    """Record that this stdlib regenerated the world's corpus and found it current (best effort)."""
+    tmp = root / f".world.json.{os.getpid()}"
+    try:
+        tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+        os.replace(tmp, root / "world.json")
+    except OSError:  # a read-only home: the next call checks the long way again
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
