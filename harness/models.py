@@ -52,6 +52,13 @@ def check_local(ref: ModelRef) -> Path | None:
         raise BadInput(f"model '{ref.name}': {ref.source} does not exist; give a transformers model folder")
     if not (path / "config.json").is_file():
         raise BadInput(f"model '{ref.name}': {path} has no config.json; is it a transformers model folder?")
+    # Refused here, before the result cache is consulted, so the answer does not depend on what was cached.
+    if not ref.allow_pickle and not any(path.glob("*.safetensors")):
+        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+        if pickled:
+            raise BadInput(f"model '{ref.name}': {path} holds pickle weights only ({', '.join(pickled)}); loading "
+                           "a pickle can run code. Convert them to safetensors, or pass --allow-pickle if you "
+                           "trust the files")
     return path
 
 
@@ -90,12 +97,6 @@ def load(ref: ModelRef):
     except (OSError, ValueError, json.JSONDecodeError) as err:
         raise BadInput(f"model '{ref.name}': cannot read the config of {source}: {err}") from None
     dtype = "auto" if ref.dtype == "auto" else getattr(torch, ref.dtype)
-    if path is not None and not ref.allow_pickle and not any(path.glob("*.safetensors")):
-        pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
-        if pickled:
-            raise BadInput(f"model '{ref.name}': {path} holds pickle weights only ({', '.join(pickled)}); loading "
-                           "a pickle can run code. Convert them to safetensors, or pass --allow-pickle if you "
-                           "trust the files")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=dtype, use_safetensors=None if ref.allow_pickle else True,

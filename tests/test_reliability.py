@@ -180,3 +180,4 @@ def test_pickle_weights_load_only_when_allowed(tiny_world, tmp_path, capsys):
     assert main(common) == 2
     assert "pickle weights only (pytorch_model.bin)" in capsys.readouterr().err
     assert main([*common, "--allow-pickle"]) == 0
+    assert main(common) == 2, "a cached result must not let a refused model through"
