@@ -21,9 +21,10 @@ fresh subprocess (so peaks do not mix):
 - bare: a nanoGPT-style loop: random rows of the same packed blocks, teacher forward under no_grad,
   student forward, CE + 0.2 · forward KL over materialised [B, T, V] logits (what
   ``distillation_loss_reference`` computes), backward, clip 1.0, AdamW (same groups, betas, schedule).
-- bare-fused (demo vocabulary): the same bare loop with kdh's fused chunked ``distillation_loss`` instead,
+- trl-gkd: TRL's ``GKDTrainer`` as supervised distillation (bench/trl_gkd.py; needs the bench extra).
+- bare-fused (on request): the same bare loop with kdh's fused chunked ``distillation_loss`` instead,
   i.e. kdh's arithmetic without kdh's loop; kdh vs bare-fused is the loop's own overhead.
-- kdh-chunk128 (50k): kdh with ``chunk_size=128`` (a DistillConfig setting), see the findings in the doc.
+- kdh-chunk128 (on request): kdh with ``chunk_size=128`` (a DistillConfig setting).
 
 Timed: steps ``warmup``..``steps`` (the first ``warmup`` steps are not counted). Peak memory is the
 subprocess's ru_maxrss (glibc's default malloc), also given minus the RSS right after the models loaded.
@@ -470,17 +471,15 @@ def write_doc(path: Path, argv: list[str], machine: dict, peaks: list[dict], res
         "are interleaved with the others' and the fastest is shown (the VM's speed drifts by ±20% between "
         "processes: the same teacher forward took 49 to 72 ms at V = 1024 in the trial runs)."),
         "",
-        ("- **kdh**: `distill()` end to end: mixture ddk (K = 50), fused chunked loss (chunk 256), progress "
-        "off, only the final checkpoint (outside the timed window, shown apart). Its phases are timed by "
-        "wrapping the functions the loop calls; trainer.py is untouched."),
+        ("- **kdh**: `distill()` end to end: mixture ddk (K = 50), fused chunked loss (chunk 256, at most 24 MiB), "
+        "progress off, only the final checkpoint (outside the timed window, shown apart). Its phases are timed by "
+        "wrapping the functions the loop calls; for CE + KL the loss forms its gradient in the forward, so "
+        "kdh's 'loss forward' includes that work and its 'backward' does not."),
+        ("- **trl-gkd**: TRL's `GKDTrainer` (lmbda 0, beta 0, seq_kd off: supervised forward KL, no generations) on "
+        "the same rows, model, optimiser settings and steps; timed between its step-end callbacks."),
         ("- **bare**: a nanoGPT-style loop: random rows of the same packed blocks, teacher forward under no_grad, "
         "student forward, CE + 0.2·KL over materialised [B, T, V] logits (= `distillation_loss_reference`; "
         "checked equal at V = 1024), backward, clip, AdamW with the same groups."),
-        ("- **bare-fused** (V = 1024): the bare loop with kdh's `distillation_loss` (fused, chunk 256): kdh's "
-        "arithmetic without kdh's loop."),
-        ("- **kdh-chunk128** (V = 50,000): kdh with `DistillConfig(chunk_size=128)`, a setting rather than a code "
-        "change: 128 × 50,000 × 4 B = 25.6 MB per V-sized temporary, under glibc's 32 MiB ceiling for serving "
-        "freed blocks from the heap instead of a fresh mmap (see the findings)."),
         "",
         "## Goals",
         "",
@@ -514,7 +513,7 @@ def write_doc(path: Path, argv: list[str], machine: dict, peaks: list[dict], res
     lines.append("")
     for vocab, entry in results.items():
         runs = {k: best(v) for k, v in entry["runs"].items()}
-        kdh, bare, fused = runs.get("kdh"), runs.get("bare"), runs.get("bare-fused")
+        kdh, bare = runs.get("kdh"), runs.get("bare")
         any_run = next(iter(runs.values()))
         fpt = flops_per_token(any_run["models"])
         n_timed = entry["steps"] - entry["warmup"]
@@ -584,76 +583,27 @@ def write_doc(path: Path, argv: list[str], machine: dict, peaks: list[dict], res
     return text
 
 
-# Written by hand from the run of 2026-11-23 (the tables above, when generated that day) and from
-# `python bench/distill_step.py --profile 50000 --profile-steps 6` the same day; rerunning refreshes the
-# tables but not this text.
-FINDINGS = """## Findings (2026-11-23)
+# Written by hand; rerunning refreshes the tables above but not this text.
+FINDINGS = """## What changed after the first run (2026-11-23)
 
-**The loop itself is cheap.** Data sampling + logging are 0.2% of a step at V = 1024 and 0.01% at 50k;
-"other" (`loss.item()`, the teacher-hidden clone, tqdm, scheduler) 0.5%. DDK bookkeeping is the only
-visible part: one mixture update (the student's perplexities on 4 × 32 validation blocks) costs about
-2 steps at V = 1024 (0.32 s) and 2.6 steps at 50k (10.9 s), i.e. 4–5% of a step at K = 50 (7% with
-chunk 128 at 50k, because the step got faster than the pass). So the < 10% goal is met everywhere. At
-V = 1024, kdh and bare-fused (same arithmetic, no Accelerate/sampler/DDK) are level (0.99×).
+The first run of this script (kdh at commit 8a09574) measured kdh at 12,844 tokens/s at V = 1024
+(0.84× the bare loop) and 487 tokens/s at V = 50,000 (0.76×), and found two causes:
 
-**V = 1024: kdh vs bare is at the edge of the 10% goal and of the noise.** This run 0.84×; an earlier full run
-gave 1.07× and shorter trial runs (4–15 timed steps) 0.78, 0.87 and 0.91×. The phases say where the systematic part is: kdh's backward
-is 57 ms vs bare's 38 ms (the fused loss's checkpointed chunks run the heads and the softmaxes again, and
-8 chunks of small ops), partly paid back by not materialising the teacher's logits in the forward. At this
-vocabulary the logits are 8 MB, so the fused path buys no memory that matters (kdh 617 MiB vs bare 599 MiB,
-most of it the process: torch, transformers, accelerate, mlflow, the data).
+- **Recomputation.** The fused loss ran each chunk under activation checkpointing, so the backward ran
+  the student head *and the teacher head* and every V-sized softmax again: kdh's backward took 57 ms
+  against the bare loop's 38 ms at V = 1024; at 50k the recomputation added 56% to the model's FLOPs.
+- **The allocator.** With chunks of 256 positions every V-sized temporary at 50k was 51 MB, above
+  glibc's mmap threshold (at most 32 MiB), so each was mapped fresh and faulted in zeroed pages on every
+  use: the loss alone spent 4.5 s of system CPU per call, as much as its arithmetic.
 
-**V = 50,000: kdh is 0.76× bare (missed), and the cause is the allocator, then the recomputation.**
-- With chunk 256, every V-sized temporary is 256 × 50,000 × 4 B = 51 MB. glibc serves blocks above its
-  mmap threshold (dynamic, but capped at 32 MiB on 64-bit) with a fresh mmap and returns them with munmap,
-  so every log-softmax, exp, difference and product of every chunk, forward and recomputed backward, faults
-  in zeroed pages: the loss alone (forward + backward, 8 × 256 positions) takes 4.5 s, of which 4.5 s
-  *system* CPU (2 threads). With chunk 128 (25.6 MB, reused from the heap) it takes 1.95 s with 0.1 s system;
-  with chunk 256 and `MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=4294967296` 1.91 s. In the loop,
-  `chunk_size=128` doubles kdh's tokens/s (968 vs 487, **1.50× bare**) at 0.44× bare's peak RSS (glibc now
-  keeps the freed heap: 1,466 vs 959 MiB).
-- torch.profiler over 4 steps of kdh at 50k (chunk 256): `aten::mm` 35% of op time, `_log_softmax` 18%
-  (128 calls: student and teacher, forward and again in the backward), `exp` 9%, `sub` 8%, `mul` 7%,
-  `_log_softmax_backward` 5%; cProfile: 5.7 s of 10.2 s of backward inside checkpoint's unpack hook
-  (the recomputation). The whole profiled run: user 50 s, system 43 s.
-- The recomputation is structural: `_fused_chunk_sums` runs under non-reentrant checkpointing, and the
-  teacher's logits are inside it (the KL's product saves p), so the backward recomputes the student head
-  *and the teacher head*: 19.2 MFLOP per token on top of the 34.4 the model needs at 50k (+56%), plus a
-  second pass of every V-sized elementwise op.
-- Achieved FLOP/s (model FLOPs only): 10% of the 2-thread matmul peak for kdh at 50k, 19% with chunk 128,
-  13% for bare; 22–27% at V = 1024 (small matmuls, attention not counted).
-
-Loss alone, forward + backward at V = 50,000 (from `--profile 50000`; fresh process each, mean of 3):
-
-| loss | chunk | s/call | user CPU s | system CPU s |
-|---|---:|---:|---:|---:|
-| reference (`distillation_loss_reference` on materialised logits) | - | 5.45 | 3.26 | 6.33 |
-| fused (kdh today) | 256 | 4.52 | 4.36 | 4.48 |
-| fused | 128 | 1.95 | 3.79 | 0.10 |
-| fused | 64 | 2.33 | 4.58 | 0.05 |
-| gradient in the forward (sketch in the bench) | 256 | 1.97 | 2.48 | 1.41 |
-| gradient in the forward (sketch in the bench) | 128 | 1.48 | 2.59 | 0.35 |
-
-(The bare loop does not call `distillation_loss_reference`: it shares one log-softmax between CE and KL,
-`F.nll_loss` + `F.kl_div(log_target=True)`, the same value to the last bit at V = 1024, and far fewer
-V-sized passes than the reference's mask selection, clamps and second log-softmax.)
-
-**What I would change (trainer.py and losses.py untouched here):**
-1. Size the loss's chunks in bytes, not positions: `chunk = min(chunk_size, (32 MiB) // (4 · V))` (167 at
-   50k; 128 is a round choice), or keep two chunk-sized buffers alive across chunks. Measured: 2.0× kdh's
-   tokens/s at 50k; nothing changes at 1024, where a chunk's temporaries are 1 MB.
-2. Replace the checkpointed chunk with a custom `autograd.Function` that forms the gradient in the forward,
-   as Liger's fused linear cross-entropy does: for CE + γ·KL(p‖q) at T = 1 the gradient of the student's
-   logits is (1 + γ)·q − γ·p − onehot(y), so each chunk does two head matmuls forward and two for the
-   gradients, and nothing is recomputed. The sketch (`_grad_in_forward` in this file) matches the
-   reference to 5e-7 in the loss and 2e-9 in the gradients at V = 1024 and takes 1.48 s vs 4.52 s today at
-   50k (chunk 128). Estimated, not measured in the loop: a step of about 1.2 s instead of 4.2 s at 50k,
-   ~1,700 tok/s, about 2.5× the bare loop. Divergences without a
-   closed-form gradient (skew KL, TV) can keep the checkpointed path.
-3. With 1 and 2 the V = 1024 step's backward loses its recomputation too, which is the systematic part of
-   the 0.84× there.
-4. Minor: `DistillResult.tokens_per_s` counts the first steps and the final checkpoint (12,827 vs 12,844
-   steady at 1024; 473 vs 487 at 50k); DDK's update could reuse fewer validation blocks if K shrinks.
+The fix (`distiller/losses.py`): for CE + forward KL (DDK's loss, and CE alone) each chunk's gradient
+is formed in the forward, as Liger's fused linear cross-entropy does, from the closed form
+softmax(z) − onehot(y) + (γ/τ)·(softmax(z/τ) − p_τ), and multiplied back through the head at once, so
+nothing V-sized waits for the backward and nothing is recomputed; the other divergences keep the
+checkpointed path. Chunks are also capped at 24 MiB of V-sized buffer (125 positions at 50k). The loss
+alone, forward and backward, 8 × 255 positions, one thread: 0.101 → 0.066 s at V = 1024 and 8.4 → 2.6 s
+at V = 50,000. The tables above are after the fix; the old `kdh-chunk128` variant (chunk size alone)
+can still be run with `--variants-large kdh kdh-chunk128 bare`.
 """.splitlines()
 
 
