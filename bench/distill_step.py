@@ -51,8 +51,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 DOMAINS = ("code", "prose", "arithmetic", "records")
 BATCH, BLOCK, KD_WEIGHT, INTERVAL, CHUNK = 8, 256, 0.2, 50, 256
-VARIANTS = ("kdh", "kdh-chunk128", "bare", "bare-fused", "trl-gkd")
-SMALL_VARIANTS = ("kdh", "bare", "trl-gkd")
+VARIANTS = ("kdh", "kdh-chunk128", "bare", "bare-fused", "trl-gkd", "trl-gkd-bf16")
+SMALL_VARIANTS = ("kdh", "bare", "trl-gkd", "trl-gkd-bf16")
 LARGE_VARIANTS = ("kdh", "bare", "trl-gkd")
 MIB = 1024 * 1024
 
@@ -476,7 +476,8 @@ def write_doc(path: Path, argv: list[str], machine: dict, peaks: list[dict], res
         "wrapping the functions the loop calls; for CE + KL the loss forms its gradient in the forward, so "
         "kdh's 'loss forward' includes that work and its 'backward' does not."),
         ("- **trl-gkd**: TRL's `GKDTrainer` (lmbda 0, beta 0, seq_kd off: supervised forward KL, no generations) on "
-        "the same rows, model, optimiser settings and steps; timed between its step-end callbacks."),
+        "the same rows, model, optimiser settings and steps, in fp32; timed between its step-end callbacks. "
+        "**trl-gkd-bf16**: the same with TRL's default precision, bf16 autocast (also on a CPU)."),
         ("- **bare**: a nanoGPT-style loop: random rows of the same packed blocks, teacher forward under no_grad, "
         "student forward, CE + 0.2·KL over materialised [B, T, V] logits (= `distillation_loss_reference`; "
         "checked equal at V = 1024), backward, clip, AdamW with the same groups."),
@@ -540,7 +541,7 @@ def write_doc(path: Path, argv: list[str], machine: dict, peaks: list[dict], res
                   f"2 × {t['n_matmul']:,} (teacher forward, blocks + head) = **{fpt['model'] / 1e6:.2f} MFLOP** "
                   f"(N counts the parameters that multiply: the tied embedding once, as the head). Not counted: "
                   f"attention scores/values, {fpt['attention'] / 1e6:.2f} MFLOP; the fused loss's recomputation of "
-                  f"both heads in the backward (activation checkpointing; kdh and bare-fused only), "
+                  f"both heads in the backward (activation checkpointing: bare-fused and the divergences other than forward KL; kdh's forward-KL path recomputes nothing), "
                   f"{fpt['fused_recompute'] / 1e6:.2f} MFLOP."), ""]
         if kdh:
             setup = kdh.get("result_setup_seconds")
@@ -793,7 +794,7 @@ def main() -> None:
                   "loss": child_loss,
                   "bare": lambda s: child_bare(s, fused=False),
                   "bare-fused": lambda s: child_bare(s, fused=True),
-                  "trl-gkd": child_trl}[spec["kind"]](spec)
+                  "trl-gkd": child_trl, "trl-gkd-bf16": lambda s: child_trl({**s, "bf16": True})}[spec["kind"]](spec)
         print(json.dumps(result))
         return
     try:

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOMAINS = ("code", "prose", "arithmetic", "records")
 AXES = {
     "scoring": {"samples": [30, 60, 120, 240], "domains": [1, 2, 4], "vocab": [1024, 8192, 32768]},
-    "distillation": {"samples": [10, 20, 40], "domains": [1, 2, 4], "sequence": [64, 128, 256, 512],
+    "distillation": {"samples": [10, 20, 40], "domains": [1, 2, 4], "sequence": [64, 128, 256],
                      "vocab": [1024, 8192, 32768]},
 }
 DEFAULTS = {"samples": {"scoring": 120, "distillation": 20}, "domains": 4, "sequence": 256, "vocab": 1024}

@@ -6,7 +6,8 @@ temperature 1. Same models, packed blocks, batch 8 × 256, steps, AdamW (lr 2e-3
 weight decay 0.1, warm-up + cosine, clip 1.0) as the other variants. GKD's loss is the divergence alone
 (no CE term), over materialised [B, T, V] logits of both models.
 
-Steps are timed between consecutive ``on_step_end`` callbacks, so data loading, the Trainer's own
+``bf16=False`` (fp32, like the other variants) unless the spec asks for TRL's own default, bf16
+autocast, which `trl-gkd-bf16` measures. Steps are timed between consecutive ``on_step_end`` callbacks, so data loading, the Trainer's own
 bookkeeping and logging are inside a step, as they are for kdh.
 """
 
@@ -62,7 +63,8 @@ def child_trl(spec: dict, *, batch: int, block: int, domains: tuple[str, ...], w
             lr_scheduler_type="cosine", warmup_steps=20, weight_decay=0.1, adam_beta1=0.9, adam_beta2=0.95,
             max_grad_norm=1.0, lmbda=0.0, beta=0.0, temperature=1.0, seq_kd=False, logging_steps=10,
             save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0, disable_tqdm=True,
-            seed=0, max_length=None, gradient_checkpointing=False)
+            seed=0, max_length=None, gradient_checkpointing=False,
+            bf16=spec.get("bf16", False))  # TRL defaults to bf16 autocast, on a CPU too; the others run fp32
         gkd = GKDTrainer(model=student, teacher_model=teacher, args=config, train_dataset=dataset,
                          data_collator=collate, processing_class=tokenizer, callbacks=[StepClock()])
         gkd.train()
@@ -74,7 +76,7 @@ def child_trl(spec: dict, *, batch: int, block: int, domains: tuple[str, ...], w
     window = durations[warmup:steps]
     window_seconds = sum(window)
     return {
-        "variant": "trl-gkd", "vocab": spec["vocab"], "steps": steps, "warmup": warmup,
+        "variant": spec["kind"], "vocab": spec["vocab"], "steps": steps, "warmup": warmup,
         "threads": torch.get_num_threads(), "models": {"student": model_info(student), "teacher": model_info(teacher)},
         "tokens_per_s": len(window) * batch * block / window_seconds, "window_seconds": window_seconds,
         "step_seconds": window_seconds / len(window), "breakdown": {"Trainer step (all of it)": window_seconds},
