@@ -251,9 +251,9 @@ class _CrossEntropyForwardKL(torch.autograd.Function):
         compute = torch.promote_types(hidden.dtype, torch.float32)
         grad_h = torch.empty_like(hidden) if want_h else None
         grad_w = torch.zeros_like(weight, dtype=compute) if want_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=compute) if want_b else None
-        ce_sum = kd_sum = torch.zeros((), dtype=torch.float64)
-        rows = torch.arange(chunk)
+        grad_b = torch.zeros(weight.shape[0], dtype=compute, device=weight.device) if want_b else None
+        ce_sum = kd_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
+        rows = torch.arange(chunk, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], targets[start:start + chunk]
             log_q = F.log_softmax(F.linear(h, weight, bias).to(compute), dim=-1)
