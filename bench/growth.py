@@ -35,23 +35,12 @@ DEFAULTS = {"samples": {"scoring": 120, "distillation": 20}, "domains": 4, "sequ
 
 def _models(vocab: int, folder: Path, world) -> tuple[str, str]:
     """The demo teacher and student, or random-initialised ones of their shapes with ``vocab`` rows."""
-    import shutil
+    from bench.distill_step import child_build
 
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    if vocab == 1024:
+    if vocab == world.manifest["recipe"]["vocab_size"]:
         return str(world.teacher_dir), str(world.student_dir)
-    out = []
-    for i, (name, source) in enumerate((("teacher", world.teacher_dir), ("student", world.student_dir))):
-        config = AutoConfig.from_pretrained(source)
-        config.vocab_size = vocab
-        torch.manual_seed(i)
-        AutoModelForCausalLM.from_config(config).save_pretrained(folder / name)
-        for f in ("tokenizer.json", "tokenizer_config.json"):
-            shutil.copy(Path(source) / f, folder / name / f)
-        out.append(str(folder / name))
-    return out[0], out[1]
+    child_build({"vocab": vocab, "dir": str(folder)})
+    return str(folder / "teacher"), str(folder / "student")
 
 
 def child(spec: dict) -> dict:
