@@ -9,7 +9,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from harness import home, tracking
-from harness.errors import BadInput
+from harness.errors import BadInput, RuntimeFailure
 from harness.models import ModelRef, fingerprint
 from harness.promotion import (
     HISTORY_COLUMNS,
@@ -177,7 +177,8 @@ def test_promote_with_a_source_uri_logs_nothing_new(experiment, variants, name):
     assert mlflow.MlflowClient().list_artifacts(run.info.run_id) == []
     assert second["source"] == first["source"] and second["version"] == 2
     version = champion_version(name)
-    assert version.source == first["source"] and version.run_id == run.info.run_id
+    # The version's run is the one that holds its files (a server refuses any other), not the active run.
+    assert version.source == first["source"] and version.run_id == first["run_id"] != run.info.run_id
     assert fp(resolve(f"models:/{name}/2")) == fp(folder)
 
 
@@ -206,3 +207,102 @@ def test_promote_refuses_a_folder_that_is_not_a_model(experiment, tmp_path, name
         with pytest.raises(BadInput, match="does not exist"):
             promote(tmp_path / "missing", name)
     assert champion_version(name) is None
+
+
+def test_the_version_names_the_run_that_holds_its_files(experiment, variants, name):
+    (folder,) = variants(1)
+    with mlflow.start_run(experiment_id=experiment) as distill:  # e.g. the loop's distillation run
+        mlflow.log_artifacts(str(folder), artifact_path="student")
+    source = f"{distill.info.artifact_uri}/student"
+    with mlflow.start_run(experiment_id=experiment) as other:  # e.g. the loop's own run
+        with pytest.raises(BadInput, match=f"not among the artifacts of run {other.info.run_id}"):
+            promote(folder, name, source_uri=source, source_run_id=other.info.run_id)
+        with pytest.raises(BadInput, match="no such run"):
+            promote(folder, name, source_uri=source, source_run_id="0" * 32)
+        with pytest.raises(BadInput, match="give source_uri too"):
+            promote(folder, name, source_run_id=distill.info.run_id)
+        assert champion_version(name) is None  # nothing registered by a refused promotion
+        promoted = promote(folder, name, source_uri=source, source_run_id=distill.info.run_id)
+    assert promoted["run_id"] == distill.info.run_id and promoted["champion"] == promoted["version"] == 1
+    assert champion_version(name).run_id == distill.info.run_id
+    with pytest.raises(BadInput, match="cannot tell which run holds it.*source_run_id"):
+        promote(folder, name, source_uri=str(folder))  # a folder no run logged
+
+
+def test_promotion_works_on_the_file_store(variants, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it behind a switch
+    a, b = variants(2)
+    mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
+    try:
+        with mlflow.start_run() as distill:
+            mlflow.log_artifacts(str(b), artifact_path="student")
+        promote_in_run(mlflow.get_experiment_by_name("Default").experiment_id, a, "kdh-file")
+        with mlflow.start_run():
+            second = promote(b, "kdh-file", source_uri=f"{distill.info.artifact_uri}/student",
+                             source_run_id=distill.info.run_id)
+        assert (second["version"], second["previous"], second["run_id"]) == (2, 1, distill.info.run_id)
+        assert fp(resolve("models:/kdh-file@champion")) == fp(b)
+        assert rollback("kdh-file") == {"name": "kdh-file", "version": 1, "left": 2}
+    finally:
+        tracking.connect()
+
+
+def test_a_write_conflict_is_retried_then_reported_in_kdh_words(experiment, variants, name, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from harness import promotion
+
+    monkeypatch.setattr(promotion, "BACKOFF_S", 0.001)
+    real = MlflowClient.set_registered_model_alias
+    calls = []
+    conflict = MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name",
+                               error_code="BAD_REQUEST")
+
+    def flaky(self, *args):  # what two processes inserting the alias at once get from MLflow
+        calls.append(args)
+        if len(calls) <= failures:
+            raise conflict
+        return real(self, *args)
+
+    monkeypatch.setattr(MlflowClient, "set_registered_model_alias", flaky)
+    a, b = variants(2)
+    failures = 2
+    assert promote_in_run(experiment, a, name)["champion"] == 1 and len(calls) == 3
+    calls.clear()
+    failures = 10**6
+    with pytest.raises(RuntimeFailure) as caught:
+        promote_in_run(experiment, b, name)
+    assert len(calls) == promotion.ATTEMPTS
+    message = str(caught.value)
+    assert "kept refusing it after" in message and "kdh promote --list" in message
+    assert not any(raw in message for raw in ("IntegrityError", "sqlite3", "UNIQUE"))
+    assert int(champion_version(name).version) == 1  # the champion is still a whole one
+
+
+def test_a_newer_concurrent_promotion_takes_the_champion(experiment, variants, name, monkeypatch):
+    """Another process registers a newer version between this one's registration and its move of
+    the alias: the newer version becomes champion (as if the two had run one after the other), and
+    both name the champion they really replaced."""
+    from mlflow import MlflowClient
+
+    a, b, c = variants(3)
+    promote_in_run(experiment, a, name)  # v1, the champion both race to replace
+    with mlflow.start_run(experiment_id=experiment):
+        mlflow.log_artifacts(str(c), artifact_path="other")
+        other = f"{mlflow.active_run().info.artifact_uri}/other"
+        real = MlflowClient.create_model_version
+
+        def and_another(self, model, **kw):
+            mine = real(self, model, **kw)
+            if kw["source"] != other:
+                real(self, model, source=other, run_id=kw["run_id"], tags={**kw["tags"], "kdh.fingerprint": fp(c)})
+            return mine
+
+        monkeypatch.setattr(MlflowClient, "create_model_version", and_another)
+        promoted = promote(b, name)
+    assert (promoted["version"], promoted["previous"], promoted["champion"]) == (2, 1, 3)
+    table = history(name).set_index("version")
+    assert table.loc[3, "champion"] and table["champion"].sum() == 1
+    assert table.loc[2, "previous_champion"] == "1" and table.loc[3, "previous_champion"] == "1"
+    assert rollback(name) == {"name": name, "version": 1, "left": 3}
