@@ -11,7 +11,7 @@ import pytest
 
 from harness import home
 
-pytest_plugins = ["pytester"]  # runs the kdh pytest plugin in a subprocess (tests/test_gate_cli.py)
+pytest_plugins = ["pytester", "servers"]  # pytester: the kdh plugin in a subprocess (test_gate_cli.py); servers: tests/servers.py
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES = REPO / "suites" / "tasks"
