@@ -207,6 +207,24 @@ def sqlite_server(tmp_path_factory):
         yield f"http://kdh:{SECRET}@127.0.0.1:{port}", port
 
 
+@pytest.fixture(scope="module")
+def own_tracking_uri():
+    """MLflow's tracking URI put back, at the module's end, as it was at its start. MLflow 3's
+    ``set_tracking_uri`` also sets the MLFLOW_TRACKING_URI environment variable, which kdh reads
+    first: left behind, it would point later modules at a server that has stopped."""
+    import mlflow
+
+    from harness import home
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    mlflow.set_tracking_uri(saved or home.tracking_uri())
+    if saved is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
 def pytest_terminal_summary(terminalreporter):
     if TIMINGS:
         terminalreporter.write_line("server start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))

@@ -232,6 +232,9 @@ def test_the_version_names_the_run_that_holds_its_files(experiment, variants, na
 def test_promotion_works_on_the_file_store(variants, tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 keeps it behind a switch
     a, b = variants(2)
+    saved = mlflow.get_tracking_uri()
+    # set_tracking_uri also sets MLFLOW_TRACKING_URI, which kdh reads first: monkeypatch puts it back.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     mlflow.set_tracking_uri((tmp_path / "mlruns").as_uri())
     try:
         with mlflow.start_run() as distill:
@@ -244,7 +247,7 @@ def test_promotion_works_on_the_file_store(variants, tmp_path, monkeypatch):
         assert fp(resolve("models:/kdh-file@champion")) == fp(b)
         assert rollback("kdh-file") == {"name": "kdh-file", "version": 1, "left": 2}
     finally:
-        tracking.connect()
+        tracking.connect(saved)
 
 
 def test_a_write_conflict_is_retried_then_reported_in_kdh_words(experiment, variants, name, monkeypatch):

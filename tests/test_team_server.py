@@ -32,6 +32,7 @@ from harness.errors import BadInput
 from harness.models import ModelRef, fingerprint
 
 ROUNDS = 20
+pytestmark = pytest.mark.usefixtures("own_tracking_uri")  # the servers here stop; the URI must not outlive them
 
 
 def fp(folder) -> str:
