@@ -1,15 +1,17 @@
 """Real servers for the tests, loaded as a pytest plugin (tests/conftest.py): a PostgreSQL cluster
 in a temporary folder and a real ``mlflow server`` on it that proxies artifacts, the team setup of
-docs/deployment.md. Each starts once per session, on a free loopback port, and stops at its end.
+docs/deployment.md. Both start once per session, on free loopback ports, and stop at its end (a
+SQLite-backed ``mlflow server``, ``sqlite_server``, once per module that uses it).
 
 PostgreSQL comes from the Debian ``postgresql`` package's binaries (``/usr/lib/postgresql/N/bin``;
 ``.ci/run`` installs it when missing). ``initdb`` and ``pg_ctl`` refuse to run as root, so under
 root the cluster runs as the package's ``postgres`` user, in a folder that user owns. Where no
 PostgreSQL is installed the fixtures skip, saying why.
 
-Also the helpers the server tests share: ``free_port``, ``start_mlflow_server`` (wait on
-``/health``; the log's tail on failure), ``kdh`` (a ``kdh`` process with a tracking URI) and
-``finish``.
+Also the helpers the server tests share: ``start_mlflow_server`` (waits on ``/health``; the log's
+tail on failure), ``kdh``/``finish`` (``kdh`` processes against a tracking URI), ``kdh_in_process``
+(``harness.cli.main`` with its output captured), the concurrent writers and their check, and the
+racing promotions and theirs.
 """
 
 from __future__ import annotations
