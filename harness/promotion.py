@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import home
-from harness.atomic import write_atomic_folder
+from distiller.files import write_atomic_folder
 from harness.errors import BadInput, RuntimeFailure
 from harness.models import ModelRef, fingerprint
 

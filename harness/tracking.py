@@ -1,6 +1,6 @@
 """MLflow tracking: one experiment per suite, a parent run per command, a nested run per model.
 
-Conventions (see DESIGN.md): tag ``kdh.kind`` on each run; metric names ``domain/slice/metric``
+Conventions (docs/architecture.md): tag ``kdh.kind`` on each run; metric names ``domain/slice/metric``
 (lm-eval's ``acc,none`` keys are mapped, MLflow rejects commas); scorecards as table artifacts.
 A run whose work raised ends FAILED (KILLED on Ctrl-C), never FINISHED.
 """

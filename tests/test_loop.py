@@ -101,15 +101,16 @@ def test_bad_input_found_inside_a_loops_distillation_exits_2_and_a_failure_3(tin
     still bad input and its DistillError a failure while running: the codes `kdh distill` gives."""
     from distiller import trainer
     from harness import loop, tracking
-    from harness.cli import default_suite, open_suite
     from harness.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, KdhError
+    from harness.inputs import open_suite
 
     tracking.connect(f"sqlite:///{tmp_path / 'm.db'}")
-    suite = open_suite(str(default_suite()))
+    suite = open_suite(None)
     teacher = ModelRef("teacher", str(tiny_world.teacher_dir))
-    args = (suite, teacher, str(tiny_world.cross_student_dir), tmp_path / "scorecard.json", loop.LoopSettings(steps=2))
+    ratios = {d.name: 1.5 for d in suite.domains}  # as a scorecard's gaps give them
+    args = (suite, teacher, str(tiny_world.cross_student_dir), ratios, loop.LoopSettings(steps=2))
     with pytest.raises(KdhError, match="tokenizers differ") as raised:  # the real distiller's check
-        loop._distill_round(*args, tmp_path / "distill", 1)
+        loop.distill_round(*args, tmp_path / "distill", 1)
     assert raised.value.exit_code == EXIT_BAD_INPUT
 
     def diverge(*_, **__):
@@ -117,5 +118,5 @@ def test_bad_input_found_inside_a_loops_distillation_exits_2_and_a_failure_3(tin
 
     monkeypatch.setattr(trainer, "distill", diverge)
     with pytest.raises(KdhError, match="nan") as raised:
-        loop._distill_round(*args, tmp_path / "distill-2", 1)
+        loop.distill_round(*args, tmp_path / "distill-2", 1)
     assert raised.value.exit_code == EXIT_RUNTIME

@@ -31,7 +31,7 @@ from harness.demo import corpus as corpus_module, items as items_module
 from harness.demo.checks import encode_texts, evaluate_models
 from harness.demo.corpus import DOMAINS, _unit_hash, build_corpus, corpus_fingerprint
 from harness.demo.items import build_mc_items
-from harness.atomic import temp_prefix, write_atomic_folder
+from distiller.files import temp_prefix, write_atomic_folder
 from harness.home import configure_environment
 
 RECIPE_VERSION = 2  # bump when code changes what a recipe builds (2: the cross-vocabulary student)
