@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from distiller.ddk import ALPHA, MIXTURES
 from distiller.errors import InputError
@@ -88,7 +87,6 @@ class DistillConfig:
             bad = {d: r for d, r in self.initial_ratios.items() if not (math.isfinite(r) and r > 0)}
             if bad or not self.initial_ratios:
                 raise InputError(f"initial ratios must be finite and > 0 for every domain, got {self.initial_ratios}")
-        self.output_dir = str(Path(self.output_dir))
 
 
 def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:

@@ -27,7 +27,7 @@ from distiller import checkpoint as ckpt
 from distiller.config import DistillConfig, check_mode, same_vocabulary
 from distiller.data import DomainSampler
 from distiller.ddk import Mixture, MixtureState
-from distiller.errors import DistillError, InputError  # noqa: F401 - the errors a caller of distill() handles
+from distiller.errors import DistillError, InputError
 from distiller.files import write_atomic_folder
 from distiller.sources import domain_data
 from distiller.step import Step, make_projectors, shared_tokens, sync_gradients

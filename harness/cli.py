@@ -157,7 +157,7 @@ def cmd_distill(args) -> int:
             projector_lr=args.projector_lr, temperature=args.temperature, divergence=args.divergence,
             mixture=args.mixture, interval=args.interval, initial_ratios=ratios, save_every=args.save_every,
             resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision)
-        check_pair(teacher, student, args.kd, config.kd_weight)  # two tokenizers under --kd kd, say: before a run starts
+        check_pair(teacher, student, args.kd, config.kd_weight)  # e.g. two tokenizers under --kd kd, before a run
         if not main_process:
             trainer.distill(config, domains)
             return 0

@@ -110,7 +110,8 @@ def cmd_loop(args) -> int:
 def add_verbs(verbs) -> None:
     from distiller.config import DEFAULT_KD_WEIGHT, DistillConfig
 
-    ga = add_verb(verbs, "gate", cmd_gate, "pass or fail a candidate against the teacher and the champion (exit 1 on fail)",
+    ga = add_verb(verbs, "gate", cmd_gate,
+                  "pass or fail a candidate against the teacher and the champion (exit 1 on fail)",
                   out="folder for the scorecard and verdict.csv (default: $KDH_HOME/gates/…)")
     ga.add_argument("--candidate", help="the student to judge (default: the newest distilled student, else the demo student)")
     ga.add_argument("--teacher", help="default: the demo teacher")

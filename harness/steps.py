@@ -29,7 +29,8 @@ from harness.validation import validate_scorecard
 # Evaluate
 
 
-def evaluate(suite: Suite, refs: list[ModelRef], options: ScoringOptions, out: Path, name: str) -> tuple[Scorecard, str]:
+def evaluate(suite: Suite, refs: list[ModelRef], options: ScoringOptions, out: Path,
+             name: str) -> tuple[Scorecard, str]:
     """Score, validate, save and log (a nested ``eval`` run when a parent is active)."""
     with tracking.tracked_run(suite.name, "eval", name, nested=tracking.active()) as run:
         scorecard = score_suite(suite, refs, options)
