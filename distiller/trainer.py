@@ -75,10 +75,11 @@ def load_models(config: DistillConfig, device) -> Models:
     return Models(student, teacher, tokenizer, teacher_tokenizer, same_vocab, block)
 
 
-def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> DistillResult:
+def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]], progress_stream=None) -> DistillResult:
     """Distil ``config.teacher`` into ``config.student`` over ``domains`` (name → (train file,
     validation file), JSON Lines of {"text"}); the final student goes to ``<output_dir>/student``.
-    Raises InputError for what the caller gave wrong, DistillError when the run breaks.
+    The progress bar draws on ``progress_stream`` (default: stderr). Raises InputError for what the
+    caller gave wrong, DistillError when the run breaks.
 
     Long on purpose: the whole run in one place, read top to bottom (set-up, the loop, the end)."""
     from accelerate import Accelerator
@@ -124,7 +125,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]]) -> Dis
                               "chunk_size": config.chunk_size})
     trained = list(student.parameters()) + (list(projectors.parameters()) if projectors is not None else [])
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="distill",
-               disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
+               disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True, file=progress_stream)
     tokens, ddk_seconds, smooth, loop_started = 0, 0.0, None, time.perf_counter()
     student.train()
     for step in bar:

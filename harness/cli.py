@@ -6,6 +6,7 @@ Exit codes: 0 pass, 1 the gate failed, 2 bad input or config, 3 a failure while 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -13,7 +14,7 @@ import time
 import traceback
 from pathlib import Path
 
-from harness import home
+from harness import console, home
 from harness.errors import EXIT_RUNTIME, BadInput, KdhError
 from harness.inputs import (DEMO_SIZES, add_verb, demo_world, model_or_demo, model_ref, open_suite, output_folder,
                             scoring_arguments, scoring_options)
@@ -30,12 +31,12 @@ def cmd_demo(args) -> int:
     started = time.perf_counter()
     world = demo_world()
     manifest = world.manifest
-    print(f"Demo world ({world.size}) at {world.root}  [{time.perf_counter() - started:.1f} s]")
-    print(f"  recipe {manifest.get('recipe_hash', '?')[:12]} · corpus {manifest.get('corpus_fingerprint', '?')[:12]}")
-    print(f"  teacher: {world.teacher_dir}\n  student: {world.student_dir}\n  tokenizer: {world.tokenizer_dir}")
-    print(f"  cross-vocabulary student: {world.cross_student_dir} (its own tokenizer: {world.cross_tokenizer_dir})")
-    print()
-    print(table(demo_summary(manifest)))
+    console.say(f"Demo world ({world.size}) at {world.root}  [{time.perf_counter() - started:.1f} s]")
+    console.say(f"  recipe {manifest.get('recipe_hash', '?')[:12]} · corpus {manifest.get('corpus_fingerprint', '?')[:12]}")
+    console.say(f"  teacher: {world.teacher_dir}\n  student: {world.student_dir}\n  tokenizer: {world.tokenizer_dir}")
+    console.say(f"  cross-vocabulary student: {world.cross_student_dir} (its own tokenizer: {world.cross_tokenizer_dir})")
+    console.say()
+    console.say(table(demo_summary(manifest)))
     return 0
 
 
@@ -71,9 +72,9 @@ def cmd_suites_list(args) -> int:
             rows.append({"suite": path.stem, "domains": 0, "slices": 0, "file": path.name,
                          "status": f"invalid: {str(err).split(': ', 1)[-1][:80]}"})
     if not rows:
-        print(f"no suite files (*.yaml) in {folder}")
+        console.say(f"no suite files (*.yaml) in {folder}")
         return 0
-    print(table(pd.DataFrame(rows)))
+    console.say(table(pd.DataFrame(rows)))
     return 0
 
 
@@ -82,12 +83,12 @@ def cmd_suites_validate(args) -> int:
 
     suite = open_suite(args.file, allow_code=args.allow_code)
     check_builtin_tasks(suite)
-    print(f"{suite.path}: ok · suite '{suite.name}' · {len(suite.domains)} domains · "
-          f"{sum(len(d.slices) for d in suite.domains)} slices")
+    console.say(f"{suite.path}: ok · suite '{suite.name}' · {len(suite.domains)} domains · "
+                f"{sum(len(d.slices) for d in suite.domains)} slices")
     for domain in suite.domains:
         slices = ", ".join(f"{s.name} ({s.metric}, {'higher' if s.higher_is_better else 'lower'} is better)"
                            for s in domain.slices)
-        print(f"  {domain.name}: {slices}")
+        console.say(f"  {domain.name}: {slices}")
     return 0
 
 
@@ -111,15 +112,15 @@ def cmd_eval(args) -> int:
             raise BadInput(f"--reference '{args.reference}' is not one of the models ({', '.join(names)})")
         refs.sort(key=lambda r: r.name != args.reference)  # the reference is scored first and kept first
     out = output_folder(args.out, "evals", suite.name)
-    print(f"kdh eval · suite '{suite.name}' ({suite.path}) · models {', '.join(r.name for r in refs)} · "
-          f"tracking {tracking.redact(uri)}", file=sys.stderr)
+    console.note(f"kdh eval · suite '{suite.name}' ({suite.path}) · models {', '.join(r.name for r in refs)} · "
+                 f"tracking {tracking.redact(uri)}")
     scorecard, run_id = steps.evaluate(suite, refs, scoring_options(args), out, f"eval {suite.name}")
-    print(f"scoring: {steps.cached_note(scorecard)}", file=sys.stderr)
-    print()
-    print(scorecard_report(scorecard))
-    print()
-    print(f"Saved {out / 'scorecard.csv'} and scorecard.json, samples.csv beside it")
-    print(f"MLflow: experiment kdh/{suite.name}, run {run_id} ({tracking.redact(uri)})")
+    console.note(f"scoring: {steps.cached_note(scorecard)}")
+    console.say()
+    console.say(scorecard_report(scorecard))
+    console.say()
+    console.say(f"Saved {out / 'scorecard.csv'} and scorecard.json, samples.csv beside it")
+    console.say(f"MLflow: experiment kdh/{suite.name}, run {run_id} ({tracking.redact(uri)})")
     return 0
 
 
@@ -163,9 +164,9 @@ def cmd_distill(args) -> int:
             return 0
     uri = tracking.connect(args.tracking_uri)
     outcome = steps.distill(suite, config, f"distill {mode} w={config.kd_weight}")
-    print(distill_report(outcome.result, list(domains)))
-    print(f"Student: {outcome.result.student_dir}")
-    print(f"MLflow: experiment kdh/{suite.name}, run {outcome.run_id} ({tracking.redact(uri)})")
+    console.say(distill_report(outcome.result, list(domains)))
+    console.say(f"Student: {outcome.result.student_dir}")
+    console.say(f"MLflow: experiment kdh/{suite.name}, run {outcome.run_id} ({tracking.redact(uri)})")
     return 0
 
 
@@ -256,15 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.ERROR
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _configure_logging(verbose: bool) -> None:
+    """Warnings and up from every library (INFO with -v); where they land is the console's business:
+    the log file, or the terminal with -v."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("lm_eval", "lm-eval", "transformers", "datasets", "mlflow", "great_expectations", "alembic", "httpx"):
-        logging.getLogger(name).setLevel(level)
-    if not verbose:
-        import warnings
-
-        warnings.filterwarnings("ignore")
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _stop_on_sigterm():
@@ -286,35 +284,43 @@ def main(argv: list[str] | None = None) -> int:
     home.configure_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries(args.verbose)
+    _configure_logging(args.verbose)
     previous = _stop_on_sigterm()
+    # The libraries' output goes to a log file (kept with the MLflow run), unless -v; the dashboard's
+    # server keeps the console: what it prints is for the person running it.
+    log = None if args.verbose or args.verb == "dashboard" else (
+        home.kdh_home() / "logs" / f"{args.verb}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     try:
-        return args.func(args) or 0
-    except KdhError as err:
-        from harness.tracking import redact
-
-        print(f"kdh: error: {redact(str(err))}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("kdh: interrupted", file=sys.stderr)
-        return EXIT_RUNTIME
-    except Exception as err:  # a failure while running: say what, keep the traceback for -v
-        if args.verbose:
-            traceback.print_exc()
-        from harness.tracking import redact
-
-        message = redact(f"{type(err).__name__}: {err}")
-        if "database is locked" in message:  # SQLite takes one writer at a time
-            message = ("the local MLflow store (SQLite) is busy: another kdh process is writing to it. Run one "
-                       "kdh process at a time against it, or start a server for concurrent runs (`mlflow server "
-                       "--backend-store-uri sqlite:///PATH.db`) and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
-        print(f"kdh: failed while running: {message}", file=sys.stderr)
-        return EXIT_RUNTIME
+        with console.to_log(log) if log is not None else contextlib.nullcontext():
+            return _run(args, log)
     finally:
         if previous is not None:
             import signal
 
             signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, log: Path | None) -> int:
+    """The verb, with kdh's errors turned into a message and an exit code."""
+    from harness.tracking import redact
+
+    try:
+        return args.func(args) or 0
+    except KdhError as err:
+        console.note(f"kdh: error: {redact(str(err))}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        console.note("kdh: interrupted")
+        return EXIT_RUNTIME
+    except Exception as err:  # a failure while running: say what; the traceback goes to the log (or -v)
+        traceback.print_exc()
+        message = redact(f"{type(err).__name__}: {err}")
+        if "database is locked" in message:  # SQLite takes one writer at a time
+            message = ("the local MLflow store (SQLite) is busy: another kdh process is writing to it. Run one "
+                       "kdh process at a time against it, or start a server for concurrent runs (`mlflow server "
+                       "--backend-store-uri sqlite:///PATH.db`) and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
+        console.note(f"kdh: failed while running: {message}" + (f" (details: {log})" if log else ""))
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

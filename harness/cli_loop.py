@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
+from harness import console
 from harness.errors import BadInput, KdhError
 from harness.inputs import (add_verb, model_or_demo, model_ref, open_suite, output_folder, scoring_arguments,
                             scoring_options)
@@ -42,17 +42,17 @@ def cmd_gate(args) -> int:
             champion = model_ref("champion", args.champion, args)
         elif args.champion is None and promotion.champion_version(registered) is not None:
             champion = model_ref("champion", f"models:/{registered}@champion", args)
-    print(f"kdh gate · suite '{suite.name}' · candidate {candidate.source} · champion "
-          f"{champion.source if champion else 'none'} · tracking {tracking.redact(uri)}", file=sys.stderr)
+    console.note(f"kdh gate · suite '{suite.name}' · candidate {candidate.source} · champion "
+                 f"{champion.source if champion else 'none'} · tracking {tracking.redact(uri)}")
     try:
         outcome = steps.gate(suite, teacher, candidate, champion, scoring_options(args), out, args.junit, args.summary, scorecard)
     except KdhError as err:  # CI still gets a report that says the gate did not pass, and why
         failed = Verdict(pd.DataFrame(columns=VERDICT_COLUMNS), candidate.name, None, teacher.name)
         steps.write_verdict_files(failed.with_failures("gate", "run", [str(err)]), suite, None, args.junit, args.summary)
         raise
-    print(verdict_report(outcome.verdict))
-    print(f"\nVerdict: {out / 'verdict.csv'} · MLflow run {outcome.run_id}"
-          + (f" · JUnit {args.junit}" if args.junit else "") + (f" · summary {args.summary}" if args.summary else ""))
+    console.say(verdict_report(outcome.verdict))
+    console.say(f"\nVerdict: {out / 'verdict.csv'} · MLflow run {outcome.run_id}"
+                + (f" · JUnit {args.junit}" if args.junit else "") + (f" · summary {args.summary}" if args.summary else ""))
     return outcome.exit_code
 
 
@@ -66,7 +66,7 @@ def cmd_promote(args) -> int:
     name = args.name or promotion.registered_name(suite.name)
     if args.rollback:
         moved = promotion.rollback(name)
-        print(f"models:/{name}@champion: version {moved['left']} → {moved['version']} (rolled back)")
+        console.say(f"models:/{name}@champion: version {moved['left']} → {moved['version']} (rolled back)")
     elif args.candidate or not args.list:
         source = args.candidate or steps.newest_student(suite)
         if source is None:
@@ -74,13 +74,13 @@ def cmd_promote(args) -> int:
         candidate = ModelRef("candidate", promotion.resolve(str(source)))
         gate_run = steps.passing_gate_run(suite.name, fingerprint(candidate))
         if gate_run is None and not args.force:
-            print(f"kdh: {source} has no passing `kdh gate` run in kdh/{suite.name}: gate it first "
-                  "(or --force to promote without one)", file=sys.stderr)
+            console.note(f"kdh: {source} has no passing `kdh gate` run in kdh/{suite.name}: gate it first "
+                         "(or --force to promote without one)")
             return 1
         with tracking.tracked_run(suite.name, "promote", f"promote {Path(candidate.source).name}"):
             promoted = promotion.promote(Path(candidate.source), name, tags={"kdh.gate_run": gate_run or "forced"})
-        print(f"models:/{name}@champion → version {promoted['version']} (was {promoted['previous'] or 'none'})")
-    print(table(promotion.history(name)))
+        console.say(f"models:/{name}@champion → version {promoted['version']} (was {promoted['previous'] or 'none'})")
+    console.say(table(promotion.history(name)))
     return 0
 
 
@@ -99,11 +99,11 @@ def cmd_loop(args) -> int:
                                  kd_weight=args.kd_weight, interval=args.interval, seed=args.seed,
                                  promote=not args.no_promote)
     out = output_folder(args.out, "loop", suite.name)
-    print(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
-          f"{args.rounds} round(s) · tracking {tracking.redact(uri)}", file=sys.stderr)
+    console.note(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
+                 f"{args.rounds} round(s) · tracking {tracking.redact(uri)}")
     started = time.perf_counter()
     code = loop.run_loop(suite, teacher, base, settings, scoring_options(args), out, args.junit, args.summary)
-    print(f"\nkdh loop: {'done' if code == 0 else 'the candidate was rejected'} in {time.perf_counter() - started:.0f} s · {out}")
+    console.say(f"\nkdh loop: {'done' if code == 0 else 'the candidate was rejected'} in {time.perf_counter() - started:.0f} s · {out}")
     return code
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness import cache
+from harness import cache, console
 from harness import models as model_io
 from harness.errors import BadInput, RuntimeFailure
 from harness.metrics import METRICS
@@ -226,7 +226,9 @@ def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = Sc
     for ref in refs:  # fail on a bad path before spending minutes on the first model
         model_io.check_local(ref)
     rows, samples, efficiency, provenance = [], [], [], {}
-    for ref in refs:
+    bar = console.bar(refs, desc="scoring", unit="model", leave=False)
+    for ref in bar:
+        bar.set_postfix_str(ref.name, refresh=False)
         model_fingerprint = model_io.fingerprint(ref)
         key = cache.key(model_fingerprint, ref, suite, options)
         found = cache.load(key) if options.use_cache else None

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import home, tracking
+from harness import console, home, tracking
 from harness.console import note
 from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput, RuntimeFailure, ValidationFailed
 from harness.gate import Verdict, decide
@@ -167,7 +167,7 @@ def distill(suite: Suite, config, run_name: str, params: dict | None = None) -> 
     with tracking.tracked_run(suite.name, "distill", run_name, nested=tracking.active()) as run:
         mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name, **(params or {})})
         with distill_errors():
-            result = trainer.distill(config, domains)
+            result = trainer.distill(config, domains, progress_stream=console.progress_stream())
         mlflow.log_table(pd.DataFrame(result.history), artifact_file="tables/ddk_history.json")
         mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "ddk_seconds": result.ddk_seconds,
                             "setup_seconds": result.setup_seconds, "seconds": result.seconds,

@@ -23,6 +23,8 @@ from harness.scorecard import Scorecard
 
 SECRET = "s3cr3t-pw"
 
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
     with socket.socket() as sock:

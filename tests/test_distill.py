@@ -103,6 +103,7 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(distilled, tm
     assert path.name == "step-0000012" and state["step"] == 12
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_agree_on_the_weights(tiny_world, tmp_path):
     out = tmp_path / "run"
     # accelerate 1.x's `--cpu` launcher starts one process unless MPI is installed; `--multi_gpu` is

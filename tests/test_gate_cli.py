@@ -115,6 +115,7 @@ def test_a_candidate_that_cannot_be_scored_is_bad_input_and_ci_still_gets_a_repo
     assert failure is not None and "no-such-model" in failure.get("message")
 
 
+@pytest.mark.slow
 def test_the_pytest_plugin_fails_where_the_gate_does(rejected, lenient_suite, world, damaged, pytester):
     _, out = rejected
     verdict = pd.read_csv(out / "verdict.csv", keep_default_na=False)
