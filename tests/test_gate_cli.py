@@ -18,6 +18,8 @@ from harness import cache, scoring
 from harness.cli import main
 from harness.scorecard import Scorecard
 
+pytestmark = pytest.mark.slow  # each test scores models end to end
+
 
 @pytest.fixture(scope="module")
 def world(tiny_world):
@@ -115,7 +117,6 @@ def test_a_candidate_that_cannot_be_scored_is_bad_input_and_ci_still_gets_a_repo
     assert failure is not None and "no-such-model" in failure.get("message")
 
 
-@pytest.mark.slow
 def test_the_pytest_plugin_fails_where_the_gate_does(rejected, lenient_suite, world, damaged, pytester):
     _, out = rejected
     verdict = pd.read_csv(out / "verdict.csv", keep_default_na=False)
