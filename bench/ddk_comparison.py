@@ -35,7 +35,7 @@ def held_out_ratios(student_dir: Path, teacher_dir: Path, world, block: int) -> 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from distiller.data import pack_blocks, read_texts
-    from distiller.trainer import domain_perplexities
+    from distiller.measure import domain_perplexities
 
     accelerator = Accelerator(cpu=True)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "ddk.json"))
     args = parser.parse_args()
 
-    from harness.cli import open_suite
+    from harness.inputs import open_suite
     from harness.demo import ensure_world
     from distiller.trainer import DistillConfig, distill
 

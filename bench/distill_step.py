@@ -15,9 +15,10 @@ fresh subprocess (so peaks do not mix):
 
 - kdh: ``distiller.trainer.distill`` end to end (mixture "ddk", γ = 0.2, K = 50, fused chunked loss with
   chunk 256, no checkpoint but the final one, progress off). Its phases are timed by wrapping the
-  functions the loop calls (sampler, ``_last_hidden``, ``distillation_loss``, ``Accelerator.backward`` /
-  ``clip_grad_norm_``, the optimizer and scheduler, ``domain_perplexities``, ``_log_metrics``, the
-  checkpoint writer): a few ``perf_counter`` calls a step, trainer.py itself is untouched.
+  functions the loop calls (sampler, ``step.last_hidden``, ``step.distillation_loss``,
+  ``Accelerator.backward`` / ``clip_grad_norm_``, the optimizer and scheduler,
+  ``sources.domain_perplexities``, ``_log_metrics``, the checkpoint writer): a few ``perf_counter``
+  calls a step, the distiller itself is untouched.
 - bare: a nanoGPT-style loop: random rows of the same packed blocks, teacher forward under no_grad,
   student forward, CE + 0.2 · forward KL over materialised [B, T, V] logits (what
   ``distillation_loss_reference`` computes), backward, clip 1.0, AdamW (same groups, betas, schedule).
@@ -149,7 +150,7 @@ def child_kdh(spec: dict) -> dict:
     from transformers import AutoModelForCausalLM
 
     import distiller.checkpoint as ckpt
-    from distiller import trainer
+    from distiller import sources, step, trainer
     from distiller.data import DomainSampler
 
     world = _world()
@@ -196,7 +197,7 @@ def child_kdh(spec: dict) -> dict:
 
     DomainSampler.next_batch = next_batch
 
-    original_last_hidden = trainer._last_hidden
+    original_last_hidden = step.last_hidden
 
     def last_hidden(model, input_ids):
         started = time.perf_counter()
@@ -205,10 +206,10 @@ def child_kdh(spec: dict) -> dict:
             time.perf_counter() - started)
         return out
 
-    trainer._last_hidden = last_hidden
-    trainer.distillation_loss = timed("loss forward (fused head + CE + KL)", trainer.distillation_loss)
+    step.last_hidden = last_hidden
+    step.distillation_loss = timed("loss forward (fused head + CE + KL)", step.distillation_loss)
 
-    original_ppl = trainer.domain_perplexities
+    original_ppl = sources.domain_perplexities
 
     def domain_perplexities(*args, **kwargs):
         started = time.perf_counter()
@@ -223,7 +224,7 @@ def child_kdh(spec: dict) -> dict:
             else:
                 marks["pre_loop_ppl"].append(seconds)  # the teacher's, then the student's
 
-    trainer.domain_perplexities = domain_perplexities
+    sources.domain_perplexities = domain_perplexities
     trainer._log_metrics = timed("logging (_log_metrics)", trainer._log_metrics)
     Accelerator.backward = timed("backward", Accelerator.backward)
     Accelerator.clip_grad_norm_ = timed("grad clip", Accelerator.clip_grad_norm_)

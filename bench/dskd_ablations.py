@@ -1,8 +1,8 @@
 """Why DSKD and DSKD-CMA lose to plain training on the demo world: one seed, 200 steps, each arm the
 comparison's setting with one part of the loss changed, and the dual-space terms logged over steps.
 
-The variants wrap ``distiller.cross``'s loss functions (and its projector factory) for the length
-of one run; the loop itself is the unchanged ``distiller.trainer.distill``.
+The variants wrap the loss functions ``distiller.step`` calls (and the trainer's projector factory)
+for the length of one run; the loop itself is the unchanged ``distiller.trainer.distill``.
 
     python bench/dskd_ablations.py --out docs/dskd-ablations.json
 """
@@ -38,9 +38,10 @@ VARIANTS = {
 def variant(dropped: tuple[str, ...], init: str, log: list):
     """Log each step's dual-space terms; zero the dropped ones (the student gets no gradient from
     them); with ``init="random"``, start the projectors from nn.Linear's default instead of the heads."""
-    from distiller import cross
+    from distiller import step, trainer
+    from distiller.dskd import Projectors
 
-    saved = cross.cma_loss, cross.dual_space_loss, cross.make_projectors
+    saved = step.cma_loss, step.dual_space_loss, trainer.make_projectors
 
     def edit(terms):
         log.append({t: getattr(terms, t).item() for t in TERMS})
@@ -55,14 +56,14 @@ def variant(dropped: tuple[str, ...], init: str, log: list):
     def make(kd, kd_weight, student, teacher, token_pairs=None):
         if init == "heads" or kd not in ("dskd", "dskd-cma") or kd_weight == 0:
             return saved[2](kd, kd_weight, student, teacher, token_pairs)
-        return cross.Projectors(student.get_output_embeddings().weight.shape[1],
+        return Projectors(student.get_output_embeddings().weight.shape[1],
                                 teacher.get_output_embeddings().weight.shape[1], cross_attention=kd == "dskd-cma")
 
-    cross.cma_loss, cross.dual_space_loss, cross.make_projectors = cma, lambda *a, **k: edit(saved[1](*a, **k)), make
+    step.cma_loss, step.dual_space_loss, trainer.make_projectors = cma, lambda *a, **k: edit(saved[1](*a, **k)), make
     try:
         yield
     finally:
-        cross.cma_loss, cross.dual_space_loss, cross.make_projectors = saved
+        step.cma_loss, step.dual_space_loss, trainer.make_projectors = saved
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def _models(vocab: int, folder: Path, world) -> tuple[str, str]:
 def child(spec: dict) -> dict:
     from dataclasses import replace
 
-    from harness.cli import open_suite
+    from harness.inputs import open_suite
     from harness.demo import ensure_world
     from harness.home import configure_environment, kdh_home
 

@@ -55,9 +55,8 @@ pathlib.Path(out).write_text(json.dumps(results["results"], default=str))
 
 def task_files(folder: Path) -> list[str]:
     """The default suite's slices as lm-eval task YAML files, exactly the configs kdh passes inline."""
-    from harness.cli import open_suite
-    from harness.scoring import task_name
-    from harness.taskfiles import inline_task
+    from harness.inputs import open_suite
+    from harness.taskfiles import inline_task, task_name
 
     suite = open_suite(str(ROOT / "suites" / "default.yaml"))
     names = []

@@ -28,7 +28,6 @@ from harness.scorecard import Scorecard
 LIST_TTL = 60
 RUN_TTL = 3600
 PAGE = 5000  # runs per search request; the SQL store allows up to 50,000
-KINDS = ("eval", "gate", "distill", "loop", "promote")
 RUN_COLUMNS = ["run_id", "name", "kind", "suite", "reference", "parent", "status", "start", "end", "verdict",
                "failing_domains", "models", "error"]
 

@@ -14,7 +14,6 @@ import pandas as pd
 from harness.gate import DOMAIN_LEVEL
 from harness.scorecard import Scorecard
 
-VERDICT_ORDER = {"fail": 0, "pass": 1, "skip": 2}
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ one whose files do not match their recorded hashes is skipped for the previous g
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -22,19 +21,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from harness.atomic import write_atomic_folder
+from distiller.errors import InputError
+from distiller.files import sha256_file, write_atomic_folder
 
 log = logging.getLogger(__name__)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 PROJECTORS = "projectors.safetensors"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(folder: Path, step: int, student, tokenizer, training: dict, state: dict, keep: int = 2,
@@ -48,7 +40,7 @@ def save_checkpoint(folder: Path, step: int, student, tokenizer, training: dict,
         if projectors is not None:
             save_file({k: v.detach().contiguous() for k, v in projectors.state_dict().items()},
                       tmp / PROJECTORS)
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / "state.json").write_text(json.dumps({**state, "step": step, "files": files}, indent=1))
 
     path = write_atomic_folder(folder / f"step-{step:07d}", fill)
@@ -70,7 +62,7 @@ def verify(path: Path) -> dict | None:
     try:
         state = json.loads((path / "state.json").read_text())
         for name, digest in state["files"].items():
-            if _sha256(path / name) != digest:
+            if sha256_file(path / name) != digest:
                 log.warning("checkpoint %s: %s does not match its hash; skipping it", path, name)
                 return None
         return state
@@ -95,5 +87,5 @@ def load_training(path: Path) -> dict:
 def load_projectors(path: Path) -> dict[str, torch.Tensor]:
     """The DSKD projectors' state dict saved with checkpoint ``path``."""
     if not (path / PROJECTORS).is_file():
-        raise ValueError(f"checkpoint {path} has no {PROJECTORS}: it was written by another --kd mode")
+        raise InputError(f"checkpoint {path} has no {PROJECTORS}: it was written by another --kd mode")
     return load_file(path / PROJECTORS)

@@ -3,7 +3,7 @@
 Each domain's train texts become one GPT-style token stream (EOS before every document) cut into
 fixed blocks of ``block_size + 1`` tokens: inputs ``block[:-1]``, labels ``block[1:]``.
 
-The sampler follows the paper (reference/ddk.md §1.3): each row's domain is drawn with the current
+The sampler follows the paper (docs/distillation.md, sampling): each row's domain is drawn with the current
 DDK weights, and a domain's blocks are read in a shuffled order that starts again, reshuffled, once
 the domain is exhausted. Every random choice is derived from the seed and a counter, never from a
 running generator, so the sampler's whole position is a few integers: a checkpoint stores them as
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from distiller.errors import InputError
+
 
 def read_texts(path: Path) -> list[str]:
     """The "text" of each line of a JSON Lines file (the suite's train/validation files)."""
@@ -32,11 +34,20 @@ def read_texts(path: Path) -> list[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+                raise InputError(f"{path}:{number}: not valid JSON ({err.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                raise ValueError(f"{path}:{number}: expected an object with a string \"text\" field")
+                raise InputError(f"{path}:{number}: expected an object with a string \"text\" field")
             texts.append(row["text"])
     return texts
+
+
+def fast_backend(tokenizer, role: str):
+    """The Rust tokenizer behind a fast HF tokenizer: character offsets and batch encoding."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        raise InputError(f"the {role}'s tokenizer is not a fast (Rust) tokenizer; pairing two tokenizations "
+                         "needs character offsets (a tokenizer.json)")
+    return backend
 
 
 def _encode(tokenizer, texts: list[str]) -> list[list[int]]:
@@ -53,7 +64,7 @@ def pack_blocks(texts: list[str], tokenizer, block_size: int, eos_id: int, *, do
     (as GPT pretraining does, so every document starts after an EOS), cut into non-overlapping
     blocks; the ragged tail is dropped. ``domain`` only names the data in the error message."""
     if block_size < 1:
-        raise ValueError(f"block_size must be >= 1, got {block_size}")
+        raise InputError(f"block_size must be >= 1, got {block_size}")
     stream: list[int] = []
     for ids in _encode(tokenizer, texts):
         stream.append(eos_id)
@@ -69,7 +80,7 @@ def count_blocks(tokens: int, block_size: int, documents: int, domain: str | Non
     width = block_size + 1
     if tokens // width < 1:
         name = f"domain {domain!r}" if domain else "the data"
-        raise ValueError(f"{name} has {documents} documents, {tokens} tokens: fewer than one block of "
+        raise InputError(f"{name} has {documents} documents, {tokens} tokens: fewer than one block of "
                          f"{width} (block_size {block_size} + 1); add data or lower the block size")
     return tokens // width
 
@@ -109,10 +120,6 @@ class DomainSampler:
         self._counts = {d: 0 for d in self.domains}
         self._perm = {d: _permutation(self.seed, d, 0, len(self.blocks[d])) for d in self.domains}
         self.set_weights(weights)
-
-    @property
-    def block_width(self) -> int:
-        return self.blocks[self.domains[0]].shape[1]
 
     @property
     def weights(self) -> dict[str, float]:
@@ -182,11 +189,11 @@ class DomainSampler:
     def load_state_dict(self, state: Mapping) -> None:
         saved = state["domains"]
         if set(saved) != set(self.domains):
-            raise ValueError(f"the saved sampler has domains {sorted(saved)}, this one {list(self.domains)}")
+            raise InputError(f"the saved sampler has domains {sorted(saved)}, this one {list(self.domains)}")
         changed = {d: (saved[d]["n_blocks"], len(self.blocks[d])) for d in self.domains
                    if saved[d]["n_blocks"] != len(self.blocks[d])}
         if changed:
-            raise ValueError(f"the data changed since the state was saved (saved, now blocks): {changed}")
+            raise InputError(f"the data changed since the state was saved (saved, now blocks): {changed}")
         self.seed = int(state["seed"])
         self.batches_drawn = int(state["batches_drawn"])
         self.set_weights(state["weights"])  # validates; then the saved values exactly, not renormalised

@@ -1,7 +1,7 @@
 """DDK domain weights: Eq. 1 (discrepancy factor), Eq. 2 (smooth update), the mixtures, gap sources.
 
 Paper: Liu et al., "DDK: Distilling Domain Knowledge for Efficient Large Language Models",
-NeurIPS 2024 (arXiv 2407.16154), §3.2–3.3; notes in reference/ddk.md §1.
+NeurIPS 2024 (arXiv 2407.16154), §3.2–3.3; the equations and settings are in docs/distillation.md.
 
 Per domain i the student/teacher validation perplexity ratio x[i] = ℓ_S[i] / ℓ_T[i] is the only
 input the maths needs, so the core works on ratios; the paper-shaped functions take the two
@@ -14,15 +14,17 @@ The paper's baselines are settings of one ``Mixture``, not copies of the loop: "
 "ddk-no-smoothing" (Eq. 1 recomputed each interval), "uniform" (equal sampling), "natural"
 (proportional to domain size, as CPT/KD), "fixed" (weights given by hand).
 
-Pure functions in the core; the gap sources at the bottom read a harness scorecard or MLflow.
+Pure functions and plain values throughout: where the ratios come from (a measurement, a harness
+scorecard) is the caller's business.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
+
+from distiller.errors import InputError
 
 ALPHA = 0.5  # the paper's smoothing coefficient, fixed in all its experiments
 MIXTURES = ("ddk", "ddk-no-smoothing", "uniform", "natural", "fixed")
@@ -66,6 +68,15 @@ def smooth_update_from_ratios(r_prev: Sequence[float], ratios: Sequence[float], 
     psi = [math.exp(v - top) for v in log_psi]
     total, floor = sum(psi), (1.0 - alpha) / len(x)
     return [alpha * p / total + floor for p in psi]
+
+
+def ratios_from_perplexities(ppl_student: Mapping[str, float], ppl_teacher: Mapping[str, float]) -> dict[str, float]:
+    """ℓ_S/ℓ_T per domain, from two dicts over the same domains."""
+    if set(ppl_student) != set(ppl_teacher):
+        raise ValueError(f"student perplexities cover {sorted(ppl_student)} but teacher's cover {sorted(ppl_teacher)}")
+    domains = list(ppl_student)
+    ratios = _ratio_vector([ppl_student[d] for d in domains], [ppl_teacher[d] for d in domains])
+    return dict(zip(domains, ratios))
 
 
 def _ratio_vector(ppl_student: Sequence[float], ppl_teacher: Sequence[float]) -> list[float]:
@@ -159,7 +170,7 @@ class Mixture:
             return cls(kind, tuple(domains), fixed=fixed,
                        natural=dict(natural_sizes) if natural_sizes is not None else None)
         except ValueError as err:
-            raise ValueError(f"mixture {spec!r}: {err}; {allowed}") from None
+            raise InputError(f"mixture {spec!r}: {err}; {allowed}") from None
 
     @property
     def adaptive(self) -> bool:
@@ -196,93 +207,41 @@ class Mixture:
         return dict(zip(self.domains, map(float, self._in_order(current, "current weight"))))
 
 
-# --- gap sources (the edge): where the ratios come from -----------------------------------------
+# --- the run's mixture over time -------------------------------------------------------------
 
-def ratios_from_perplexities(ppl_student: Mapping[str, float], ppl_teacher: Mapping[str, float]) -> dict[str, float]:
-    """ℓ_S/ℓ_T per domain, from two dicts over the same domains."""
-    if set(ppl_student) != set(ppl_teacher):
-        raise ValueError(f"student perplexities cover {sorted(ppl_student)} but teacher's cover {sorted(ppl_teacher)}")
-    domains = list(ppl_student)
-    ratios = _ratio_vector([ppl_student[d] for d in domains], [ppl_teacher[d] for d in domains])
-    return dict(zip(domains, ratios))
+@dataclass
+class MixtureState:
+    """Where a run's mixture stands: the weights sampled with now, Eq. 2's factor r_t, the last
+    ratios, the teacher's measurement (taken once: it is frozen) and one history row per update.
+    Plain values, so a checkpoint stores it as JSON and a resumed run continues from it exactly."""
 
+    weights: dict[str, float]
+    factor: dict[str, float]
+    ratios: dict[str, float]
+    teacher: dict[str, float]  # ℓ_T per domain (bits per byte across tokenizers)
+    history: list[dict] = field(default_factory=list)
 
-def _from_retention(retention: Mapping[str, float], domains: Sequence[str] | None, source: str) -> dict[str, float]:
-    wanted = list(retention) if domains is None else list(domains)
-    missing = [d for d in wanted if d not in retention]
-    if missing:
-        raise ValueError(f"{source}: no retention for domains {missing}; it has {sorted(retention)}")
-    ratios = {d: 1.0 / float(retention[d]) if retention[d] > 0 else math.nan for d in wanted}
-    bad = {d: retention[d] for d, v in ratios.items() if not math.isfinite(v)}  # NaN, <= 0, or so small 1/x is inf
-    if bad:
-        raise ValueError(f"{source}: retention must be finite and > 0 to give a ratio, got {bad}")
-    return ratios
+    @classmethod
+    def start(cls, mixture: Mixture, ratios: Mapping[str, float], teacher: Mapping[str, float],
+              natural: Mapping[str, float]) -> "MixtureState":
+        """r_0 (Eq. 1) starts the factor's history. Algorithm 1 draws the first interval's data at
+        random, i.e. in the corpus's natural proportions: sampling by r_0 at once would put nearly
+        all of it on one domain whenever one ratio stands far above the rest."""
+        factor = mixture.initial(ratios)
+        weights = dict(natural) if mixture.kind == "ddk" else factor
+        state = cls(weights=weights, factor=factor, ratios=dict(ratios), teacher=dict(teacher))
+        state.history.append({"step": 0, **state.flat()})
+        return state
 
+    def update(self, mixture: Mixture, student: Mapping[str, float], step: int) -> None:
+        """Every K steps: the student's new measurement → ratios → the next weights (Eq. 2, or the
+        baseline's rule)."""
+        self.ratios = {d: student[d] / self.teacher[d] for d in self.teacher}
+        self.factor = mixture.update(self.factor, self.ratios)
+        self.weights = self.factor
+        self.history.append({"step": step, **self.flat()})
 
-def ratios_from_scorecard(path_or_scorecard, student: str = "student",
-                          domains: Sequence[str] | None = None) -> dict[str, float]:
-    """The ratio per domain from a harness scorecard: ``1 / retention`` of ``student``.
-
-    ``path_or_scorecard``: a ``harness.scorecard.Scorecard``, the path of its scorecard.json, or
-    the folder holding it. The mapping: retention is the share of the teacher's score the student
-    keeps, ``teacher/student`` for lower-is-better metrics and ``student/teacher`` for
-    higher-is-better ones. For a perplexity-type slice (perplexity, bits per byte) ``1/retention =
-    student/teacher`` is exactly DDK's ℓ_S/ℓ_T; for an accuracy slice it is ``teacher/student``,
-    the analogous "how far behind" factor (> 1 where the student lags). A domain mixing several
-    slices uses the reciprocal of their weighted-mean retention. ``domains`` picks (and requires)
-    a subset; by default every domain the student was scored on.
-    """
-    from harness.scorecard import Scorecard  # a shared record; the pure core above needs no pandas
-
-    card = path_or_scorecard
-    if not isinstance(card, Scorecard):
-        path = Path(card)
-        card = Scorecard.load(path / "scorecard.json" if path.is_dir() else path)
-    table = card.domains
-    rows = table[table["model"] == student]
-    if rows.empty:
-        raise ValueError(f"the scorecard has no model {student!r}; it has {card.model_names}")
-    retention = {row.domain: float(row.retention) for row in rows.itertuples()}
-    return _from_retention(retention, domains, f"scorecard of suite {card.suite!r}, model {student!r}")
-
-
-def ratios_from_mlflow(run_id: str, student: str = "student", tracking_uri: str | None = None,
-                       domains: Sequence[str] | None = None) -> dict[str, float]:
-    """The ratio per domain (``1 / retention``, see ``ratios_from_scorecard``) from an eval run.
-
-    ``run_id`` is the parent eval run (metrics ``<model>/<domain>/retention``) or a nested model
-    run (metrics ``<domain>/retention``, tag ``kdh.model``); a nested run of another model leads to
-    its parent. ``tracking_uri`` defaults to kdh's (``MLFLOW_TRACKING_URI``, else the kdh home).
-    """
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from harness import home
-
-    client = MlflowClient(tracking_uri or home.tracking_uri())
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as err:
-        raise ValueError(f"MLflow run {run_id!r} not found: {err.message}") from None
-    model = run.data.tags.get("kdh.model")
-    parent = run.data.tags.get("mlflow.parentRunId")
-    if model is not None and model != student and parent:
-        run, model = client.get_run(parent), None
-    metrics = run.data.metrics
-    source = f"MLflow run {run.info.run_id}"
-    if model == student:
-        retention = {k[: -len("/retention")]: v for k, v in metrics.items()
-                     if k.endswith("/retention") and k.count("/") == 1}
-    else:
-        # the parent: "<model>/<domain>/retention"; model names never hold "/" in kdh
-        per_model: dict[str, dict[str, float]] = {}
-        for key, value in metrics.items():
-            parts = key.split("/")
-            if len(parts) == 3 and parts[2] == "retention":
-                per_model.setdefault(parts[0], {})[parts[1]] = value
-        if student not in per_model:
-            raise ValueError(f"{source} has no retention of model {student!r}; it has models {sorted(per_model)}")
-        retention = per_model[student]
-    if not retention:
-        raise ValueError(f"{source} (model {model!r}) logged no '<domain>/retention' metrics")
-    return _from_retention(retention, domains, f"{source}, model {student!r}")
+    def flat(self) -> dict[str, float]:
+        """``weight/<domain>`` and ``ratio/<domain>``: a history row, and the names MLflow logs."""
+        return {**{f"weight/{d}": w for d, w in self.weights.items()},
+                **{f"ratio/{d}": r for d, r in self.ratios.items()}}

@@ -4,8 +4,8 @@ cross-model attention (CMA) for different vocabularies, and universal logit dist
 DSKD: Zhang et al., "Dual-Space Knowledge Distillation for Large Language Models", EMNLP 2024,
 code github.com/songmzhang/DSKD (criteria ``dual_space_kd`` and ``dual_space_kd_with_cma``).
 ULD: Boizard et al., "Towards Cross-Tokenizer Distillation: the Universal Logit Distillation Loss",
-arXiv 2402.12030. Notes with the formulas as the reference code has them: reference/kd-losses.md
-§1.3–1.5 and §4.
+arXiv 2402.12030. The formulas as the reference code has them, and its settings, are written down in
+docs/distillation.md ("Teacher signals across tokenizers").
 
 Same vocabulary (``dual_space_loss``), from the two models' last hidden states h_S, h_T:
     student space   z_t2s = P_t2s(h_T) · W_S^T  with the student head W_S detached
@@ -42,12 +42,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-# losses.py's internals: one implementation of the log-softmax, the divergences and the chunking.
-from distiller.losses import (Head, _check_chunk_size, _check_options, _divergence_from_log_probs, _log_probs,
-                              _maybe_checkpoint, _weight_and_bias)
+# One implementation of the log-softmax, the divergences and the chunking: losses.py's.
+from distiller.losses import (Head, check_chunk_size, check_options, divergence_from_log_probs, log_probs,
+                              maybe_checkpoint, weight_and_bias)
 
 KD_RATE = 0.5  # w in (1 − w)·CE + w·KD: every DSKD script (and its ULD re-implementation) uses 0.5
-PROJECTOR_LR = 1e-3  # the projectors' own learning rate in every DSKD script
 TEACHER_SPACE_DIVERGENCE = "forward_kl"  # DSKD's released code fixes it; DSKDv2 uses the chosen one
 
 
@@ -128,16 +127,16 @@ def _student_space_sums(hidden: Tensor, carried: Tensor, targets: Tensor, weight
     ``carried`` is the teacher's state brought into the student's space (projected, or attended and
     projected). The head is detached for z_t2s: the student-space CE trains the projector, never the
     student's head; and z_t2s is detached as the KD target, so the KD trains the student only."""
-    log_q = _log_probs(F.linear(hidden, weight, bias), 1.0, may_be_infinite=False)
+    log_q = log_probs(F.linear(hidden, weight, bias), 1.0, may_be_infinite=False)
     student_ce = -log_q.gather(-1, targets.unsqueeze(-1)).sum()
     frozen_bias = bias.detach() if bias is not None else None
-    log_t2s = _log_probs(F.linear(carried, weight.detach(), frozen_bias), 1.0, may_be_infinite=False)
+    log_t2s = log_probs(F.linear(carried, weight.detach(), frozen_bias), 1.0, may_be_infinite=False)
     t2s_ce = -log_t2s.gather(-1, targets.unsqueeze(-1)).sum()
     agree = log_t2s.argmax(-1) == targets
     target = log_t2s.detach()
     if temperature != 1.0:  # CE at τ = 1, the divergence at τ (as in losses.distillation_loss)
-        log_q, target = _log_probs(log_q, temperature, may_be_infinite=False), _log_probs(target, temperature)
-    per_position = _divergence_from_log_probs(log_q, target, kind, beta, alpha)
+        log_q, target = log_probs(log_q, temperature, may_be_infinite=False), log_probs(target, temperature)
+    per_position = divergence_from_log_probs(log_q, target, kind, beta, alpha)
     if only_agreeing:
         per_position = per_position.masked_fill(~agree, 0.0)
     return student_ce, t2s_ce, per_position.sum(), agree.sum().to(student_ce.dtype)
@@ -146,10 +145,10 @@ def _student_space_sums(hidden: Tensor, carried: Tensor, targets: Tensor, weight
 def _teacher_space_sum(carried: Tensor, teacher_hidden: Tensor, weight: Tensor, bias: Tensor | None, *,
                        kind: str, temperature: float, beta: float, alpha: float) -> Tensor:
     """Σ D(teacher ‖ z_s2t) over one chunk of teacher positions; the teacher's head is a constant."""
-    log_q = _log_probs(F.linear(carried, weight, bias), temperature, may_be_infinite=False)
+    log_q = log_probs(F.linear(carried, weight, bias), temperature, may_be_infinite=False)
     with torch.no_grad():
-        log_p = _log_probs(F.linear(teacher_hidden.to(weight.dtype), weight, bias), temperature, may_be_infinite=False)
-    return _divergence_from_log_probs(log_q, log_p, kind, beta, alpha).sum()
+        log_p = log_probs(F.linear(teacher_hidden.to(weight.dtype), weight, bias), temperature, may_be_infinite=False)
+    return divergence_from_log_probs(log_q, log_p, kind, beta, alpha).sum()
 
 
 def _chunked_sums(fn, n_out: int, chunk_size: int | None, per_position: tuple[Tensor, ...],
@@ -160,7 +159,7 @@ def _chunked_sums(fn, n_out: int, chunk_size: int | None, per_position: tuple[Te
     chunk = chunk_size or max(per_position[0].shape[0], 1)
     totals = None
     for parts in zip(*(t.split(chunk) for t in per_position)):
-        out = _maybe_checkpoint(fn, *parts, *shared)
+        out = maybe_checkpoint(fn, *parts, *shared)
         out = out if isinstance(out, tuple) else (out,)
         totals = list(out) if totals is None else [a + b for a, b in zip(totals, out)]
     if totals is None:
@@ -170,7 +169,7 @@ def _chunked_sums(fn, n_out: int, chunk_size: int | None, per_position: tuple[Te
 
 def _student_space(hidden: Tensor, head: Head, carried: Tensor, targets: Tensor, options: dict,
                    only_agreeing: bool, chunk_size: int | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    weight, bias = _weight_and_bias(head)
+    weight, bias = weight_and_bias(head)
     fn = partial(_student_space_sums, only_agreeing=only_agreeing, **options)
     ce, t2s_ce, kd, agree = _chunked_sums(fn, 4, chunk_size, (hidden, carried, targets), (weight, bias))
     n = max(hidden.shape[0], 1)
@@ -179,7 +178,7 @@ def _student_space(hidden: Tensor, head: Head, carried: Tensor, targets: Tensor,
 
 def _teacher_space(carried: Tensor, teacher_hidden: Tensor, head: Head, options: dict,
                    kind: str, chunk_size: int | None) -> Tensor:
-    weight, bias = (t.detach() if t is not None else None for t in _weight_and_bias(head))
+    weight, bias = (t.detach() if t is not None else None for t in weight_and_bias(head))
     # The chunk function reads (carried chunk, teacher chunk, weight, bias) in that order.
     fn = partial(_teacher_space_sum, **{**options, "kind": kind})
     (kd,) = _chunked_sums(fn, 1, chunk_size, (carried, teacher_hidden.detach()), (weight, bias))
@@ -199,9 +198,9 @@ def dual_space_loss(student_hidden: Tensor, student_head: Head, teacher_hidden: 
     teacher-space one (forward KL, as DSKD's code). With identity projectors and one shared head the
     student-space KD is exactly ``losses.divergence(z_S, z_T, kind)``: DSKD reduces to plain KD."""
     options = {"kind": kind, "temperature": temperature, "beta": beta, "alpha": alpha}
-    _check_options(kind, temperature, beta, alpha)
-    _check_options(teacher_kind, temperature, beta, alpha)
-    _check_chunk_size(chunk_size)
+    check_options(kind, temperature, beta, alpha)
+    check_options(teacher_kind, temperature, beta, alpha)
+    check_chunk_size(chunk_size)
     if student_hidden.shape[:-1] != labels.shape or teacher_hidden.shape[:-1] != labels.shape:
         raise ValueError(f"hidden states {tuple(student_hidden.shape)} (student), {tuple(teacher_hidden.shape)} "
                          f"(teacher) and labels {tuple(labels.shape)} must share batch and length")
@@ -254,9 +253,9 @@ def cma_loss(student: Side, teacher: Side, projectors: Projectors, *, kind: str 
       s2t = softmax_s(Aᵀ) · P_s2t(h_S)               → teacher space, through W_T (frozen)
     The student-space KD counts only positions where argmax z_t2s is the label (``agreement``)."""
     options = {"kind": kind, "temperature": temperature, "beta": beta, "alpha": alpha}
-    _check_options(kind, temperature, beta, alpha)
-    _check_options(teacher_kind, temperature, beta, alpha)
-    _check_chunk_size(chunk_size)
+    check_options(kind, temperature, beta, alpha)
+    check_options(teacher_kind, temperature, beta, alpha)
+    check_chunk_size(chunk_size)
     if projectors.query is None:
         raise ValueError("cross-model attention needs Projectors(..., cross_attention=True)")
     if student.embedding is None or teacher.embedding is None:
@@ -288,9 +287,9 @@ def uld_distance(student_logits: Tensor, teacher_logits: Tensor, temperature: fl
     if student_logits.shape[:-1] != teacher_logits.shape[:-1]:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} must have the same positions")
-    q = _log_probs(student_logits, temperature).exp().sort(-1, descending=True).values
+    q = log_probs(student_logits, temperature).exp().sort(-1, descending=True).values
     with torch.no_grad():
-        p = _log_probs(teacher_logits, temperature).exp().sort(-1, descending=True).values
+        p = log_probs(teacher_logits, temperature).exp().sort(-1, descending=True).values
     width = max(q.shape[-1], p.shape[-1])
     q, p = F.pad(q, (0, width - q.shape[-1])), F.pad(p, (0, width - p.shape[-1]))
     return (q - p.to(q.dtype)).abs().sum(-1)
@@ -301,7 +300,7 @@ def _uld_sums(hidden: Tensor, targets: Tensor, teacher_hidden: Tensor, aligned: 
               temperature: float) -> tuple[Tensor, Tensor]:
     """(Σ CE, Σ ULD over the positions that have a teacher counterpart) over one chunk."""
     logits = F.linear(hidden, weight, bias)
-    ce = -_log_probs(logits, 1.0, may_be_infinite=False).gather(-1, targets.unsqueeze(-1)).sum()
+    ce = -log_probs(logits, 1.0, may_be_infinite=False).gather(-1, targets.unsqueeze(-1)).sum()
     with torch.no_grad():
         teacher_logits = F.linear(teacher_hidden.to(teacher_weight.dtype), teacher_weight, teacher_bias)
     distance = uld_distance(logits, teacher_logits, temperature)
@@ -317,7 +316,7 @@ def uld_loss(student: Side, teacher: Side, *, temperature: float = 1.0, chunk_si
     The CE is a mean over the student's valid positions, the distance over the paired ones."""
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    _check_chunk_size(chunk_size)
+    check_chunk_size(chunk_size)
     n_s, n_t = student.labels.shape[1], teacher.labels.shape[1]
     t_hidden = teacher.hidden.detach()[:, :n_s]
     t_valid = (teacher.labels != ignore_index)[:, :n_s]
@@ -326,8 +325,8 @@ def uld_loss(student: Side, teacher: Side, *, temperature: float = 1.0, chunk_si
         t_valid = torch.cat([t_valid, t_valid.new_zeros(t_valid.shape[0], n_s - n_t)], dim=1)
     s_valid = student.labels != ignore_index
     aligned = (s_valid & t_valid)[s_valid]
-    weight, bias = _weight_and_bias(student.head)
-    t_weight, t_bias = (t.detach() if t is not None else None for t in _weight_and_bias(teacher.head))
+    weight, bias = weight_and_bias(student.head)
+    t_weight, t_bias = (t.detach() if t is not None else None for t in weight_and_bias(teacher.head))
     fn = partial(_uld_sums, temperature=temperature)
     ce, distance = _chunked_sums(fn, 2, chunk_size,
                                  (student.hidden[s_valid], student.labels[s_valid], t_hidden[s_valid], aligned),

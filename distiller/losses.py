@@ -4,19 +4,19 @@ Two ways in:
 - `divergence` / `token_divergence` work on logits someone already has ([B, T, V] or [N, V]);
 - `distillation_loss` is what the trainer calls: it takes final hidden states and LM heads and never
   materialises [B, T, V] logits. Positions go through in chunks, so peak memory grows with chunk ×
-  vocabulary, not batch × length × vocabulary (the Liger-style fused path that research notes §6.8 asks
-  for). For CE + forward KL (DDK's loss) each chunk's gradient is formed in the forward; the other
+  vocabulary, not batch × length × vocabulary (a fused path in the manner of Liger's fused linear
+  cross-entropy). For CE + forward KL (DDK's loss) each chunk's gradient is formed in the forward; the other
   divergences go under activation checkpointing. `distillation_loss_reference` is the plain version
   both must equal.
 
-Conventions (see /work/shared/reference/kd-losses.md §2):
+Conventions (docs/distillation.md, "Divergences"):
 - p is the teacher distribution, q the student's, both softmax(logits / temperature).
 - Every divergence is the true divergence (zero when p = q), not DistiLLM's cross-entropy variant, so
   logged KD values go to 0 at the optimum.
 - Computed in at least float32 and in log space; the teacher is a constant (detached).
 - Temperature divides the logits and nothing else: no Hinton τ² factor, as in the DDK paper, DSKD and
-  TRL (§2.1). With the DDK default τ = 1 the question does not arise.
-- Reductions are means over valid (unmasked) tokens, TRL's "batchmean" (§2.2).
+  TRL. With the DDK default τ = 1 the question does not arise.
+- Reductions are means over valid (unmasked) tokens, TRL's "batchmean".
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl", 
 Head = nn.Module | Tensor | tuple[Tensor, Tensor | None]
 
 
-def _check_options(kind: str, temperature: float, beta: float, alpha: float) -> None:
+def check_options(kind: str, temperature: float, beta: float, alpha: float) -> None:
     if kind not in DIVERGENCES:
         raise ValueError(f"unknown divergence {kind!r}; expected one of: {', '.join(DIVERGENCES)}")
     if not temperature > 0:
@@ -46,7 +46,7 @@ def _check_options(kind: str, temperature: float, beta: float, alpha: float) -> 
         raise ValueError(f"alpha (skew mixture weight) must be in [0, 1], got {alpha}")
 
 
-def _log_probs(logits: Tensor, temperature: float, *, may_be_infinite: bool = True) -> Tensor:
+def log_probs(logits: Tensor, temperature: float, *, may_be_infinite: bool = True) -> Tensor:
     """log softmax(logits / temperature) over the vocabulary, in at least float32."""
     # Half-precision log-softmax over 50k+ entries loses exactly the tail that the divergences weigh.
     scaled = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -75,7 +75,7 @@ def _log_mixture(log_a: Tensor, log_b: Tensor, weight_a: float) -> Tensor:
     return torch.logaddexp(log_a + _log_weight(weight_a), log_b + _log_weight(1.0 - weight_a))
 
 
-def _divergence_from_log_probs(log_q: Tensor, log_p: Tensor, kind: str, beta: float, alpha: float) -> Tensor:
+def divergence_from_log_probs(log_q: Tensor, log_p: Tensor, kind: str, beta: float, alpha: float) -> Tensor:
     """Per-row divergence from student log-probs `log_q` and teacher log-probs `log_p`, [N, V] -> [N]."""
     if kind == "forward_kl":
         return _kl(log_p, log_q)
@@ -119,17 +119,17 @@ def token_divergence(student_logits: Tensor, teacher_logits: Tensor, kind: str =
       tv               total variation ½ Σ |p − q|, in [0, 1].
     temperature divides both logits; the result is not multiplied by τ².
     """
-    _check_options(kind, temperature, beta, alpha)
+    check_options(kind, temperature, beta, alpha)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")
-    log_q = _log_probs(student_logits, temperature)
+    log_q = log_probs(student_logits, temperature)
     with torch.no_grad():
-        log_p = _log_probs(teacher_logits, temperature)
-    return _divergence_from_log_probs(log_q, log_p, kind, beta, alpha)
+        log_p = log_probs(teacher_logits, temperature)
+    return divergence_from_log_probs(log_q, log_p, kind, beta, alpha)
 
 
-def _maybe_checkpoint(fn, *args):
+def maybe_checkpoint(fn, *args):
     """fn(*args), under non-reentrant checkpointing when a backward pass will need it.
 
     Checkpointing keeps only the chunk's inputs for backward and recomputes the V-sized intermediates
@@ -142,7 +142,7 @@ def _maybe_checkpoint(fn, *args):
     return checkpoint(fn, *args, use_reentrant=False, preserve_rng_state=False)
 
 
-def _check_chunk_size(chunk_size: int | None) -> None:
+def check_chunk_size(chunk_size: int | None) -> None:
     if chunk_size is not None and chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive number of positions or None, got {chunk_size}")
 
@@ -161,8 +161,8 @@ def divergence(student_logits: Tensor, teacher_logits: Tensor, kind: str = "forw
     chunk_size: process that many valid positions at a time under activation checkpointing, so only one
     chunk's V-sized intermediates exist at a time (same value and gradient as unchunked).
     """
-    _check_options(kind, temperature, beta, alpha)
-    _check_chunk_size(chunk_size)
+    check_options(kind, temperature, beta, alpha)
+    check_chunk_size(chunk_size)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")
@@ -181,12 +181,12 @@ def divergence(student_logits: Tensor, teacher_logits: Tensor, kind: str = "forw
     else:
         # split() gives views whose gradients come back through one SplitBackward (a single cat),
         # not one full-size zero tensor per chunk as slicing would.
-        total = sum(_maybe_checkpoint(per_chunk, s, t)
+        total = sum(maybe_checkpoint(per_chunk, s, t)
                     for s, t in zip(student.split(chunk_size), teacher.split(chunk_size)))
     return total / max(student.shape[0], 1)
 
 
-def _weight_and_bias(head: Head) -> tuple[Tensor, Tensor | None]:
+def weight_and_bias(head: Head) -> tuple[Tensor, Tensor | None]:
     """An LM head as (weight [V, H], bias [V] or None): nn.Linear-like module, weight, or (weight, bias)."""
     if isinstance(head, nn.Module):
         return head.weight, getattr(head, "bias", None)
@@ -205,20 +205,20 @@ def _fused_chunk_sums(hidden: Tensor, weight: Tensor, bias: Tensor | None, targe
     """(Σ cross-entropy, Σ divergence) over one chunk of valid positions; logits exist only in here."""
     # No name holds the logits themselves (nothing downstream needs them), so each V-sized buffer is
     # freed as soon as its consumer is done with it.
-    log_q = _log_probs(F.linear(hidden, weight, bias), 1.0, may_be_infinite=False)
+    log_q = log_probs(F.linear(hidden, weight, bias), 1.0, may_be_infinite=False)
     ce_sum = -log_q.gather(-1, targets.unsqueeze(-1)).sum()
     if teacher_hidden is None:
         return ce_sum, ce_sum.new_zeros(())
     if temperature != 1.0:
         # CE stays at τ = 1. log_q is the logits shifted by a per-row constant, which softmax ignores,
         # so log_softmax(log_q / τ) = log_softmax(logits / τ).
-        log_q = _log_probs(log_q, temperature, may_be_infinite=False)
+        log_q = log_probs(log_q, temperature, may_be_infinite=False)
     with torch.no_grad():
         teacher_hidden = teacher_hidden.to(teacher_weight.dtype)
         teacher_logits = F.linear(teacher_hidden, teacher_weight, teacher_bias)
-        log_p = _log_probs(teacher_logits, temperature, may_be_infinite=False)
+        log_p = log_probs(teacher_logits, temperature, may_be_infinite=False)
         del teacher_logits  # before the divergence's own V-sized temporaries are made
-    return ce_sum, _divergence_from_log_probs(log_q, log_p, kind, beta, alpha).sum()
+    return ce_sum, divergence_from_log_probs(log_q, log_p, kind, beta, alpha).sum()
 
 
 # glibc's malloc serves blocks above its mmap threshold (capped at 32 MiB on 64-bit) with a fresh mmap
@@ -306,8 +306,8 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     At most chunk_size positions (and CHUNK_BYTES of V-sized buffer) go through the heads at a time, so
     peak memory is O(chunk × V) in forward and backward; None does all valid positions in one piece.
     """
-    _check_options(kind, temperature, beta, alpha)
-    _check_chunk_size(chunk_size)
+    check_options(kind, temperature, beta, alpha)
+    check_chunk_size(chunk_size)
     if student_hidden.shape[:-1] != labels.shape:
         raise ValueError(f"labels {tuple(labels.shape)} do not match hidden states "
                          f"{tuple(student_hidden.shape)}")
@@ -315,7 +315,7 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     if use_teacher and (teacher_hidden is None or teacher_head is None):
         raise ValueError("kd_weight != 0 needs teacher_hidden and teacher_head")
 
-    weight, bias = _weight_and_bias(student_head)
+    weight, bias = weight_and_bias(student_head)
     valid = labels.reshape(-1) != ignore_index
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])[valid]
     targets = labels.reshape(-1)[valid]
@@ -328,7 +328,7 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
             raise ValueError(f"teacher hidden states {tuple(teacher_hidden.shape)} do not match labels "
                              f"{tuple(labels.shape)}")
         teacher_weight, teacher_bias = (t.detach() if t is not None else None
-                                        for t in _weight_and_bias(teacher_head))
+                                        for t in weight_and_bias(teacher_head))
         teacher_rows = teacher_hidden.detach().reshape(-1, teacher_hidden.shape[-1])[valid]
 
     trains = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
@@ -344,7 +344,7 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     chunk_sums = partial(_fused_chunk_sums, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
     ce_sum = kd_sum = 0.0
     for h, y, t in zip(hidden_chunks, target_chunks, teacher_chunks):
-        ce_part, kd_part = _maybe_checkpoint(chunk_sums, h, weight, bias, y, t, teacher_weight, teacher_bias)
+        ce_part, kd_part = maybe_checkpoint(chunk_sums, h, weight, bias, y, t, teacher_weight, teacher_bias)
         ce_sum, kd_sum = ce_sum + ce_part, kd_sum + kd_part
     ce, kd = ce_sum / max(n_valid, 1), kd_sum / max(n_valid, 1)
     return ce + kd_weight * kd, ce, kd

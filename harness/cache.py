@@ -11,22 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from importlib.metadata import version
 from pathlib import Path
 
+from distiller.files import sha256_file, write_atomic_text
 from harness import home
+from harness.taskfiles import inline_task, task_name
 
 SCHEMA = 1  # bump when what evaluate_model returns changes shape
-
-
-def _file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _data_files(task_config) -> list[str]:
@@ -39,14 +31,11 @@ def _data_files(task_config) -> list[str]:
 
 def key(model_fingerprint: str, ref, suite, options) -> str:
     """The cache key of one model's results on a suite (hex sha256)."""
-    from harness.scoring import task_name
-    from harness.taskfiles import inline_task
-
     slices = []
     for domain in suite.domains:
         for slice_ in domain.slices:
             config = inline_task(slice_, task_name(domain.name, slice_.name))
-            data = {Path(f).name: _file_digest(f) for f in _data_files(config)}
+            data = {Path(f).name: sha256_file(f) for f in _data_files(config)}
             if isinstance(config, dict):  # absolute paths differ between machines; the content is what counts
                 config = {k: v for k, v in config.items() if k != "dataset_kwargs"}
             slices.append({"domain": domain.name, "slice": slice_.name, "metric": slice_.metric,
@@ -79,17 +68,8 @@ def load(cache_key: str):
 
 def store(cache_key: str, rows: list[dict], samples: list[dict], efficiency: dict) -> Path:
     """Write the entry whole or not at all (temp file, then rename)."""
-    target = folder() / f"{cache_key}.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump({"rows": rows, "samples": samples, "efficiency": efficiency}, fh)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    entry = json.dumps({"rows": rows, "samples": samples, "efficiency": efficiency})
+    return write_atomic_text(folder() / f"{cache_key}.json", entry)
 
 
 def relabel(entry, model: str):

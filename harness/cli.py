@@ -6,6 +6,7 @@ Exit codes: 0 pass, 1 the gate failed, 2 bad input or config, 3 a failure while 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -13,32 +14,10 @@ import time
 import traceback
 from pathlib import Path
 
-from harness import home
+from harness import console, home
 from harness.errors import EXIT_RUNTIME, BadInput, KdhError
-
-DEMO_SIZES = ("default", "tiny")
-
-
-def demo_world(progress: bool = True):
-    """The embedded demo world, built on first use (``KDH_DEMO_SIZE`` picks the size)."""
-    from harness.demo import ensure_world
-
-    size = os.environ.get("KDH_DEMO_SIZE", "default")
-    if size not in DEMO_SIZES:
-        raise BadInput(f"KDH_DEMO_SIZE='{size}': choose one of {', '.join(DEMO_SIZES)}")
-    return ensure_world(home.kdh_home(), size=size, progress=progress)
-
-
-def open_suite(path: str, allow_code: bool = False):
-    """A suite file, with ``demo://`` paths resolved into the demo world (built on first use)."""
-    from harness.registry import load_suite
-
-    return load_suite(path, demo_data=lambda: demo_world().data_dir, allow_code=allow_code)
-
-
-def default_suite() -> Path:
-    return home.repo_suites_dir() / "default.yaml"
-
+from harness.inputs import (DEMO_SIZES, add_verb, demo_world, model_or_demo, model_ref, open_suite, output_folder,
+                            scoring_arguments, scoring_options)
 
 # --------------------------------------------------------------------------------------------
 # Verbs
@@ -52,12 +31,12 @@ def cmd_demo(args) -> int:
     started = time.perf_counter()
     world = demo_world()
     manifest = world.manifest
-    print(f"Demo world ({world.size}) at {world.root}  [{time.perf_counter() - started:.1f} s]")
-    print(f"  recipe {manifest.get('recipe_hash', '?')[:12]} · corpus {manifest.get('corpus_fingerprint', '?')[:12]}")
-    print(f"  teacher: {world.teacher_dir}\n  student: {world.student_dir}\n  tokenizer: {world.tokenizer_dir}")
-    print(f"  cross-vocabulary student: {world.cross_student_dir} (its own tokenizer: {world.cross_tokenizer_dir})")
-    print()
-    print(table(demo_summary(manifest)))
+    console.say(f"Demo world ({world.size}) at {world.root}  [{time.perf_counter() - started:.1f} s]")
+    console.say(f"  recipe {manifest.get('recipe_hash', '?')[:12]} · corpus {manifest.get('corpus_fingerprint', '?')[:12]}")
+    console.say(f"  teacher: {world.teacher_dir}\n  student: {world.student_dir}\n  tokenizer: {world.tokenizer_dir}")
+    console.say(f"  cross-vocabulary student: {world.cross_student_dir} (its own tokenizer: {world.cross_tokenizer_dir})")
+    console.say()
+    console.say(table(demo_summary(manifest)))
     return 0
 
 
@@ -93,9 +72,9 @@ def cmd_suites_list(args) -> int:
             rows.append({"suite": path.stem, "domains": 0, "slices": 0, "file": path.name,
                          "status": f"invalid: {str(err).split(': ', 1)[-1][:80]}"})
     if not rows:
-        print(f"no suite files (*.yaml) in {folder}")
+        console.say(f"no suite files (*.yaml) in {folder}")
         return 0
-    print(table(pd.DataFrame(rows)))
+    console.say(table(pd.DataFrame(rows)))
     return 0
 
 
@@ -104,144 +83,107 @@ def cmd_suites_validate(args) -> int:
 
     suite = open_suite(args.file, allow_code=args.allow_code)
     check_builtin_tasks(suite)
-    print(f"{suite.path}: ok · suite '{suite.name}' · {len(suite.domains)} domains · "
-          f"{sum(len(d.slices) for d in suite.domains)} slices")
+    console.say(f"{suite.path}: ok · suite '{suite.name}' · {len(suite.domains)} domains · "
+                f"{sum(len(d.slices) for d in suite.domains)} slices")
     for domain in suite.domains:
         slices = ", ".join(f"{s.name} ({s.metric}, {'higher' if s.higher_is_better else 'lower'} is better)"
                            for s in domain.slices)
-        print(f"  {domain.name}: {slices}")
+        console.say(f"  {domain.name}: {slices}")
     return 0
 
 
-def _options(args) -> dict:
-    return {"dtype": args.dtype, "device": args.device, "allow_pickle": args.allow_pickle,
-            "trust_remote_code": args.trust_remote_code}
-
-
-def model_ref(name: str, source: str, args):
-    """A model named on the command line; ``models:/NAME@champion`` resolves to a local copy."""
-    from harness import promotion
-    from harness.models import ModelRef
-
-    return ModelRef.parse(f"{name}={promotion.resolve(str(source))}", **_options(args))
-
-
-def scoring_options(args):
-    from harness.scoring import ScoringOptions
-
-    return ScoringOptions(limit=args.limit, batch_size=args.batch_size, allow_code=args.allow_code,
-                          use_cache=not args.no_cache)
-
-
 def cmd_eval(args) -> int:
-    from harness import tracking
-    from harness.loop import cached_note, evaluate, stamp
+    from harness import steps, tracking
     from harness.models import ModelRef
     from harness.registry import check_builtin_tasks
     from harness.report import scorecard_report
 
     uri = tracking.connect(args.tracking_uri)  # a dead server fails now, not after the scoring
-    suite = open_suite(args.suite or str(default_suite()), allow_code=args.allow_code)
+    suite = open_suite(args.suite, allow_code=args.allow_code)
     check_builtin_tasks(suite)
     if args.model:
-        refs = [ModelRef.parse(spec, **_options(args)) for spec in args.model]
+        refs = [ModelRef.parse(spec) for spec in args.model]
         refs = [model_ref(r.name, r.source, args) for r in refs]
     else:
-        world = demo_world()
-        refs = [model_ref("teacher", world.teacher_dir, args), model_ref("student", world.student_dir, args)]
+        refs = [model_ref(role, model_or_demo(None, role), args) for role in ("teacher", "student")]
     if args.reference:
         names = [r.name for r in refs]
         if args.reference not in names:
             raise BadInput(f"--reference '{args.reference}' is not one of the models ({', '.join(names)})")
         refs.sort(key=lambda r: r.name != args.reference)  # the reference is scored first and kept first
-    out = Path(args.out) if args.out else home.kdh_home() / "evals" / f"{suite.name}-{stamp()}"
-    print(f"kdh eval · suite '{suite.name}' ({suite.path}) · models {', '.join(r.name for r in refs)} · "
-          f"tracking {tracking.redact(uri)}", file=sys.stderr)
-    scorecard, run_id = evaluate(suite, refs, scoring_options(args), out, f"eval {suite.name}")
-    print(f"scoring: {cached_note(scorecard)}", file=sys.stderr)
-    print()
-    print(scorecard_report(scorecard))
-    print()
-    print(f"Saved {out / 'scorecard.csv'} and scorecard.json, samples.csv beside it")
-    print(f"MLflow: experiment kdh/{suite.name}, run {run_id} ({tracking.redact(uri)})")
+    out = output_folder(args.out, "evals", suite.name)
+    console.note(f"kdh eval · suite '{suite.name}' ({suite.path}) · models {', '.join(r.name for r in refs)} · "
+                 f"tracking {tracking.redact(uri)}")
+    scorecard, run_id = steps.evaluate(suite, refs, scoring_options(args), out, f"eval {suite.name}")
+    console.note(f"scoring: {steps.cached_note(scorecard)}")
+    console.say()
+    console.say(scorecard_report(scorecard))
+    console.say()
+    console.say(f"Saved {out / 'scorecard.csv'} and scorecard.json, samples.csv beside it")
+    console.say(f"MLflow: experiment kdh/{suite.name}, run {run_id} ({tracking.redact(uri)})")
     return 0
 
 
 def cmd_distill(args) -> int:
-    import pandas as pd
+    import torch
     from accelerate import PartialState
 
-    from distiller.cross import ACROSS_TOKENIZERS, DEFAULT_KD_WEIGHT, check_pair
-    from distiller.trainer import DistillConfig, distill
-    from harness import tracking
-    from harness.loop import distill_domains, distill_errors
-    from harness.report import table
-
-    import torch
+    from distiller import trainer
+    from distiller.config import ACROSS_TOKENIZERS, DistillConfig, check_pair
+    from harness import gaps, model_uris, steps, tracking
 
     # Under a multi-process launch, one process tracks. Accelerate enters its multi-CPU mode only
     # when told it runs on the CPU, so say so where there is no GPU.
     main_process = PartialState(cpu=not torch.cuda.is_available()).is_main_process
-    suite = open_suite(args.suite or str(default_suite()))
-    domains = distill_domains(suite)
-    if args.teacher and args.student:
-        from harness import promotion
-
-        if any(a.startswith("models:/") for a in (args.teacher, args.student)):
-            tracking.connect(args.tracking_uri)  # the registry that names them
-        teacher, student = promotion.resolve(args.teacher), promotion.resolve(args.student)
-    elif args.teacher or args.student:
+    suite = open_suite(args.suite)
+    domains = steps.distill_domains(suite)
+    if bool(args.teacher) != bool(args.student):
         raise BadInput("give both --teacher and --student, or neither for the demo pair")
-    else:
-        world = demo_world(progress=main_process)
-        # The cross-vocabulary modes default to the demo student that has its own tokenizer.
-        crossed = args.kd in ACROSS_TOKENIZERS
-        teacher, student = str(world.teacher_dir), str(world.cross_student_dir if crossed else world.student_dir)
+    if any(str(a).startswith("models:/") for a in (args.teacher, args.student)):
+        tracking.connect(args.tracking_uri)  # the registry that names them
+    # The cross-vocabulary modes default to the demo student that has its own tokenizer.
+    demo_student = "cross_student" if args.kd in ACROSS_TOKENIZERS else "student"
+    teacher = model_uris.resolve(model_or_demo(args.teacher, "teacher", progress=main_process))
+    student = model_uris.resolve(model_or_demo(args.student, demo_student, progress=main_process))
     for role, path in (("teacher", teacher), ("student", student)):
         if not (Path(path) / "config.json").is_file():
             raise BadInput(f"--{role} {path}: not a transformers model folder (no config.json)")
-    kd_weight = DEFAULT_KD_WEIGHT[args.kd] if args.kd_weight is None else args.kd_weight
-    try:
-        check_pair(teacher, student, args.kd, kd_weight)  # before a run starts: --kd kd on two tokenizers, say
-    except (OSError, ValueError) as err:
-        raise BadInput(str(err)) from None
     mode = args.mixture.split(':')[0] if args.kd == "kd" else f"{args.kd}-{args.mixture.split(':')[0]}"
-    out = args.out or str(home.kdh_home() / "distill" / f"{suite.name}-{mode}-{time.strftime('%Y%m%d-%H%M%S')}")
-    config = DistillConfig(
-        teacher=teacher, student=student, output_dir=out, steps=args.steps, batch_size=args.batch_size,
-        block_size=args.block_size, lr=args.lr, kd=args.kd, kd_weight=kd_weight, projector_lr=args.projector_lr,
-        temperature=args.temperature, divergence=args.divergence, mixture=args.mixture, interval=args.interval,
-        gaps_from=args.gaps_from, save_every=args.save_every, resume=args.resume, seed=args.seed,
-        mixed_precision=args.mixed_precision)
-    with distill_errors():  # ValueError: bad input (2); DistillError: a failure while running (3)
+    out = output_folder(args.out, "distill", suite.name, mode)
+    with steps.distill_errors():  # InputError: bad input (2); DistillError: a failure while running (3)
+        ratios = gaps.initial_ratios(args.gaps_from, list(domains)) if args.gaps_from else None
+        config = DistillConfig(
+            teacher=teacher, student=student, output_dir=str(out), steps=args.steps, batch_size=args.batch_size,
+            block_size=args.block_size, lr=args.lr, kd=args.kd, kd_weight=args.kd_weight,
+            projector_lr=args.projector_lr, temperature=args.temperature, divergence=args.divergence,
+            mixture=args.mixture, interval=args.interval, initial_ratios=ratios, save_every=args.save_every,
+            resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision)
+        check_pair(teacher, student, args.kd, config.kd_weight)  # e.g. two tokenizers under --kd kd, before a run
         if not main_process:
-            distill(config, domains)
+            trainer.distill(config, domains)
             return 0
-        uri = tracking.connect(args.tracking_uri)
-        with tracking.tracked_run(suite.name, "distill", f"distill {mode} w={kd_weight}") as run:
-            import mlflow
+    uri = tracking.connect(args.tracking_uri)
+    outcome = steps.distill(suite, config, f"distill {mode} w={config.kd_weight}")
+    console.say(distill_report(outcome.result, list(domains)))
+    console.say(f"Student: {outcome.result.student_dir}")
+    console.say(f"MLflow: experiment kdh/{suite.name}, run {outcome.run_id} ({tracking.redact(uri)})")
+    return 0
 
-            mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name})
-            result = distill(config, domains)
-            history = pd.DataFrame(result.history)
-            mlflow.log_table(history, artifact_file="tables/ddk_history.json")
-            mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "ddk_seconds": result.ddk_seconds,
-                                "setup_seconds": result.setup_seconds,
-                                "seconds": result.seconds, "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})
-            mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
-            mlflow.set_tag("kdh.student_dir", str(result.student_dir))
+
+def distill_report(result, domains: list[str]) -> str:
+    """The mixture at the start and the end, per domain, and what the run cost."""
+    import pandas as pd
+
+    from harness.report import table
+
     first, last = result.history[0], result.history[-1]
     ratio = "ppl ratio" if result.ratio_of == "perplexity" else "bpb ratio"  # bits per byte across tokenizers
     summary = pd.DataFrame([{"domain": d, "weight at start": first[f"weight/{d}"], "weight at end": last[f"weight/{d}"],
                              f"{ratio} at start": first[f"ratio/{d}"], f"{ratio} at last update": last[f"ratio/{d}"]}
                             for d in domains])
-    print(table(summary))
-    print(f"\n{result.steps} steps · {result.tokens_per_s:,.0f} tokens/s · DDK's perplexities and updates "
-          f"{100 * result.ddk_seconds / max(result.seconds, 1e-9):.1f}% of the loop (+{result.setup_seconds:.1f} s "
-          "once for the teacher's perplexities)")
-    print(f"Student: {result.student_dir}")
-    print(f"MLflow: experiment kdh/{suite.name}, run {run.info.run_id} ({tracking.redact(uri)})")
-    return 0
+    share = 100 * result.ddk_seconds / max(result.seconds, 1e-9)
+    return (table(summary) + f"\n\n{result.steps} steps · {result.tokens_per_s:,.0f} tokens/s · DDK's perplexities and "
+            f"updates {share:.1f}% of the loop (+{result.setup_seconds:.1f} s once for the teacher's perplexities)")
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,6 +191,7 @@ def cmd_distill(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from distiller.config import DEFAULT_KD_WEIGHT, KD_MODES, PRECISIONS, DistillConfig
     from harness import cli_loop, dashboard
 
     parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
@@ -271,72 +214,55 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(func=cmd_suites_validate)
     suites.set_defaults(func=cmd_suites_list, dir=None, allow_code=False)
 
-    ev = verbs.add_parser("eval", help="score models on a suite; log the scorecard to MLflow")
-    ev.add_argument("--suite", help="suite file (default: suites/default.yaml)")
+    ev = add_verb(verbs, "eval", cmd_eval, "score models on a suite; log the scorecard to MLflow",
+                  out="folder for scorecard.csv/json (default: $KDH_HOME/evals/…)")
     ev.add_argument("--model", action="append", metavar="NAME=PATH",
                     help="a model to score (repeat; a folder or models:/NAME@ALIAS; default: the demo teacher and student)")
     ev.add_argument("--reference", help="the model retention is measured against (default: the first)")
-    ev.add_argument("--out", help="folder for scorecard.csv/json (default: $KDH_HOME/evals/…)")
     scoring_arguments(ev)
-    ev.set_defaults(func=cmd_eval)
 
-    di = verbs.add_parser("distill", help="distil the teacher into the student with DDK domain sampling")
-    di.add_argument("--suite", help="suite whose domains' train/validation files are used (default: suites/default.yaml)")
+    di = add_verb(verbs, "distill", cmd_distill, "distil the teacher into the student with DDK domain sampling",
+                  suite="suite whose domains' train/validation files are used (default: suites/default.yaml)",
+                  out="output folder (default: $KDH_HOME/distill/…)")
     di.add_argument("--teacher", help="teacher model folder (default: the demo teacher)")
     di.add_argument("--student", help="student model folder to start from (default: the demo student)")
-    di.add_argument("--out", help="output folder (default: $KDH_HOME/distill/…)")
-    di.add_argument("--steps", type=int, default=300)
-    di.add_argument("--batch-size", type=int, default=8)
-    di.add_argument("--block-size", type=int, default=256)
-    di.add_argument("--lr", type=float, default=2e-3)
-    di.add_argument("--kd", default="kd", choices=("kd", "dskd", "dskd-cma", "uld"),
+    di.add_argument("--steps", type=int, default=DistillConfig.steps)
+    di.add_argument("--batch-size", type=int, default=DistillConfig.batch_size)
+    di.add_argument("--block-size", type=int, default=DistillConfig.block_size)
+    di.add_argument("--lr", type=float, default=DistillConfig.lr)
+    di.add_argument("--kd", default=DistillConfig.kd, choices=KD_MODES,
                     help="the teacher signal: kd (CE + γ·divergence, one vocabulary), dskd (dual-space KD, one "
                          "vocabulary), dskd-cma (dual-space KD with cross-model attention: any two tokenizers), uld "
                          "(universal logit distillation: any two tokenizers); dskd-cma and uld default to the demo "
                          "student with its own tokenizer")
     di.add_argument("--kd-weight", type=float,
-                    help="kd: γ in CE + γ·KD (default 0.2); dskd, dskd-cma, uld: w in (1−w)·CE + w·KD (default 0.5); "
-                         "0 is continued pre-training (CPT)")
-    di.add_argument("--projector-lr", type=float, default=1e-3, help="learning rate of DSKD's projectors")
-    di.add_argument("--temperature", type=float, default=1.0)
-    di.add_argument("--divergence", default="forward_kl",
+                    help=f"kd: γ in CE + γ·KD (default {DEFAULT_KD_WEIGHT['kd']}); dskd, dskd-cma, uld: w in "
+                         f"(1−w)·CE + w·KD (default {DEFAULT_KD_WEIGHT['uld']}); 0 is continued pre-training (CPT)")
+    di.add_argument("--projector-lr", type=float, default=DistillConfig.projector_lr,
+                    help="learning rate of DSKD's projectors")
+    di.add_argument("--temperature", type=float, default=DistillConfig.temperature)
+    di.add_argument("--divergence", default=DistillConfig.divergence,
                     help="forward_kl | reverse_kl | jsd | skew_kl | skew_reverse_kl | tv")
-    di.add_argument("--mixture", default="ddk", help="ddk | ddk-no-smoothing | uniform | natural | fixed:code=0.4,…")
-    di.add_argument("--interval", type=int, default=50, help="K: steps between mixture updates")
-    di.add_argument("--gaps-from", help="initial ratios from a scorecard.json or an MLflow eval run id")
-    di.add_argument("--save-every", type=int, default=100)
+    di.add_argument("--mixture", default=DistillConfig.mixture, help="ddk | ddk-no-smoothing | uniform | natural | fixed:code=0.4,…")
+    di.add_argument("--interval", type=int, default=DistillConfig.interval, help="K: steps between mixture updates")
+    di.add_argument("--gaps-from", help="the initial mixture from a scorecard's gaps: a scorecard.json or an "
+                                        "MLflow eval run id (default: measured at the start)")
+    di.add_argument("--save-every", type=int, default=DistillConfig.save_every)
     di.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
     di.add_argument("--seed", type=int, default=0)
-    di.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
+    di.add_argument("--mixed-precision", default=DistillConfig.mixed_precision, choices=PRECISIONS)
     di.add_argument("--tracking-uri")
-    di.set_defaults(func=cmd_distill)
     cli_loop.add_verbs(verbs)  # gate, promote, loop
     dashboard.add_verb(verbs)
     return parser
 
 
-def scoring_arguments(parser) -> None:
-    parser.add_argument("--limit", type=int, help="documents or items per slice (overrides the suite)")
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-cache", action="store_true", help="score every model again, even if unchanged")
-    parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or the kdh home)")
-    parser.add_argument("--allow-code", action="store_true", help="allow task files that run code (!function)")
-    parser.add_argument("--allow-pickle", action="store_true", help="load pickle (.bin) weights; they can run code")
-    parser.add_argument("--trust-remote-code", action="store_true",
-                        help="run the modelling code a model folder ships (transformers' trust_remote_code)")
-
-
-def _quiet_libraries(verbose: bool) -> None:
-    level = logging.INFO if verbose else logging.ERROR
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+def _configure_logging(verbose: bool) -> None:
+    """Warnings and up from every library (INFO with -v); where they land is the console's business:
+    the log file, or the terminal with -v."""
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for name in ("lm_eval", "lm-eval", "transformers", "datasets", "mlflow", "great_expectations", "alembic", "httpx"):
-        logging.getLogger(name).setLevel(level)
-    if not verbose:
-        import warnings
-
-        warnings.filterwarnings("ignore")
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def _stop_on_sigterm():
@@ -358,35 +284,43 @@ def main(argv: list[str] | None = None) -> int:
     home.configure_environment()
     parser = build_parser()
     args = parser.parse_args(argv)
-    _quiet_libraries(args.verbose)
+    _configure_logging(args.verbose)
     previous = _stop_on_sigterm()
+    # The libraries' output goes to a log file (kept with the MLflow run), unless -v; the dashboard's
+    # server keeps the console: what it prints is for the person running it.
+    log = None if args.verbose or args.verb == "dashboard" else (
+        home.kdh_home() / "logs" / f"{args.verb}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
     try:
-        return args.func(args) or 0
-    except KdhError as err:
-        from harness.tracking import redact
-
-        print(f"kdh: error: {redact(str(err))}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("kdh: interrupted", file=sys.stderr)
-        return EXIT_RUNTIME
-    except Exception as err:  # a failure while running: say what, keep the traceback for -v
-        if args.verbose:
-            traceback.print_exc()
-        from harness.tracking import redact
-
-        message = redact(f"{type(err).__name__}: {err}")
-        if "database is locked" in message:  # SQLite takes one writer at a time
-            message = ("the local MLflow store (SQLite) is busy: another kdh process is writing to it. Run one "
-                       "kdh process at a time against it, or start a server for concurrent runs (`mlflow server "
-                       "--backend-store-uri sqlite:///PATH.db`) and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
-        print(f"kdh: failed while running: {message}", file=sys.stderr)
-        return EXIT_RUNTIME
+        with console.to_log(log) if log is not None else contextlib.nullcontext():
+            return _run(args, log)
     finally:
         if previous is not None:
             import signal
 
             signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args, log: Path | None) -> int:
+    """The verb, with kdh's errors turned into a message and an exit code."""
+    from harness.tracking import redact
+
+    try:
+        return args.func(args) or 0
+    except KdhError as err:
+        console.note(f"kdh: error: {redact(str(err))}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        console.note("kdh: interrupted")
+        return EXIT_RUNTIME
+    except Exception as err:  # a failure while running: say what; the traceback goes to the log (or -v)
+        traceback.print_exc()
+        message = redact(f"{type(err).__name__}: {err}")
+        if "database is locked" in message:  # SQLite takes one writer at a time
+            message = ("the local MLflow store (SQLite) is busy: another kdh process is writing to it. Run one "
+                       "kdh process at a time against it, or start a server for concurrent runs (`mlflow server "
+                       "--backend-store-uri sqlite:///PATH.db`) and set MLFLOW_TRACKING_URI=http://127.0.0.1:5000")
+        console.note(f"kdh: failed while running: {message}" + (f" (details: {log})" if log else ""))
+        return EXIT_RUNTIME
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 from importlib.util import find_spec
 from pathlib import Path
 
-from harness import home, tracking
+from harness import console, home, tracking
 from harness.errors import BadInput
 
 APP = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
@@ -38,7 +38,7 @@ def cmd_dashboard(args) -> int:
         raise BadInput(f"{APP} is missing: the dashboard runs from a checkout of kdh (pip install -e .)")
     uri = tracking.connect(args.tracking_uri or home.tracking_uri())  # a dead server: exit 2 now
     where = f"http://{'localhost' if args.host in ('127.0.0.1', 'localhost') else args.host}:{args.port}"
-    print(f"kdh dashboard · {where} · store {tracking.redact(uri)} · Ctrl-C stops it", file=sys.stderr, flush=True)
+    console.note(f"kdh dashboard · {where} · store {tracking.redact(uri)} · Ctrl-C stops it")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
     try:
         return subprocess.run(command(uri, args.host, args.port), env=env, check=False).returncode

@@ -1,141 +1,38 @@
-"""The closed loop, and the steps it is made of: evaluate, gate, distil, promote.
+"""The closed loop: score → gaps → DDK distillation → score the candidate → gate → promote.
 
-Each step is a function a verb can call on its own (``kdh eval``, ``kdh gate``, ``kdh loop``);
-each runs under its own MLflow run, nested when a parent (the loop's) is active. Scoring goes
-through the result cache, so a teacher that has not changed is scored once.
+One MLflow parent run (``kdh.kind`` loop) holds the steps (harness/steps.py) as nested runs. A round
+starts from the registered champion (or the base student while there is none), distils with the
+mixture seeded by the scorecard's gaps (harness/gaps.py), and promotes the candidate only if the
+gate passes; ``rounds`` > 1 repeats while weak domains remain.
 """
 
 from __future__ import annotations
 
-import sys
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from harness import home, promotion, tracking
-from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput, RuntimeFailure, ValidationFailed
-from harness.gate import Verdict, decide
+from distiller.config import DEFAULT_KD_WEIGHT, DistillConfig
+from harness import gaps, model_uris, promotion, steps, tracking
+from harness.console import note, say
+from harness.errors import EXIT_PASS
 from harness.models import ModelRef
 from harness.registry import Suite
-from harness.report import junit_xml, markdown_summary, scorecard_report, table, verdict_report
+from harness.report import scorecard_report, table, verdict_report
 from harness.scorecard import Scorecard
-from harness.scoring import ScoringOptions, score_suite
-from harness.validation import validate_scorecard
-
-
-def say(text: str = "") -> None:
-    print(text, flush=True)
-
-
-def note(text: str) -> None:
-    """Progress lines go to stderr, so stdout holds the tables a person (or a pipe) reads."""
-    print(text, file=sys.stderr, flush=True)
-
-
-def stamp() -> str:
-    return time.strftime("%Y%m%d-%H%M%S")
-
-
-# --------------------------------------------------------------------------------------------
-# Evaluate
-
-
-def evaluate(suite: Suite, refs: list[ModelRef], options: ScoringOptions, out: Path, name: str) -> tuple[Scorecard, str]:
-    """Score, validate, save and log (a nested ``eval`` run when a parent is active)."""
-    with tracking.tracked_run(suite.name, "eval", name, nested=tracking.active()) as run:
-        scorecard = score_suite(suite, refs, options)
-        validate_scorecard(scorecard, suite)  # raises before anything is logged as a success
-        saved = scorecard.save(out)
-        tracking.log_evaluation(scorecard, suite, saved)
-    return scorecard, run.info.run_id
-
-
-def cached_note(scorecard: Scorecard) -> str:
-    return ", ".join(f"{m} {'from the cache' if p.get('cached') else 'scored'}" for m, p in scorecard.models.items())
-
-
-# --------------------------------------------------------------------------------------------
-# Gate
-
-
-@dataclass
-class GateOutcome:
-    verdict: Verdict
-    scorecard: Scorecard
-    exit_code: int
-    run_id: str
-    out: Path
-
-
-def write_verdict_files(verdict: Verdict, suite: Suite, scorecard: Scorecard | None,
-                        junit: str | None, summary: str | None) -> None:
-    if junit:
-        Path(junit).parent.mkdir(parents=True, exist_ok=True)
-        Path(junit).write_text(junit_xml(verdict, suite.name))
-    if summary:
-        Path(summary).parent.mkdir(parents=True, exist_ok=True)
-        with open(summary, "a") as fh:  # append: $GITHUB_STEP_SUMMARY collects every step's part
-            fh.write(markdown_summary(verdict, suite.name, scorecard))
-
-
-def judge(suite: Suite, scorecard: Scorecard, champion: bool) -> tuple[Verdict, int]:
-    """The verdict and exit code over a scorecard of teacher, candidate (and champion).
-
-    A scorecard that fails validation is not trusted: its failures join the verdict as failing
-    checks, so the gate fails (exit 1) and says why; it can never pass on such evidence."""
-    verdict = decide(suite, scorecard, "candidate", "champion" if champion else None)
-    try:
-        validate_scorecard(scorecard, suite)
-    except ValidationFailed as err:
-        verdict = verdict.with_failures("scorecard", "valid", err.failures)
-    return verdict, EXIT_PASS if verdict.passed else EXIT_GATE_FAILED
-
-
-def gate(suite: Suite, teacher: ModelRef, candidate: ModelRef, champion: ModelRef | None, options: ScoringOptions,
-         out: Path, junit: str | None = None, summary: str | None = None,
-         scorecard: Scorecard | None = None) -> GateOutcome:
-    """Score teacher, candidate and champion (cached where unchanged), decide, report, log."""
-    with tracking.tracked_run(suite.name, "gate", f"gate {candidate.name}", nested=tracking.active()) as run:
-        if scorecard is None:
-            refs = [replace(teacher, name="teacher"), replace(candidate, name="candidate")]
-            refs += [replace(champion, name="champion")] if champion is not None else []
-            scorecard = score_suite(suite, refs, options)
-            note(f"  scoring: {cached_note(scorecard)}")
-        verdict, code = judge(suite, scorecard, champion is not None or "champion" in scorecard.model_names)
-        saved = scorecard.save(out)
-        verdict.rows.to_csv(out / "verdict.csv", index=False)
-        write_verdict_files(verdict, suite, scorecard, junit, summary)
-        import mlflow
-
-        mlflow.log_params({"suite": suite.name, "candidate.source": candidate.source,
-                           "champion.source": champion.source if champion else "",
-                           **{f"{m}.fingerprint": p.get("fingerprint", "") for m, p in scorecard.models.items()}})
-        for path in (*saved.values(), out / "verdict.csv"):
-            mlflow.log_artifact(str(path))
-        mlflow.log_table(verdict.rows, artifact_file="tables/verdict.json")
-        mlflow.log_table(scorecard.domains, artifact_file="tables/domains.json")
-        mlflow.log_metrics({"gate/passed": float(verdict.passed), "gate/failures": float(len(verdict.failures))})
-        mlflow.set_tags({"kdh.verdict": "pass" if verdict.passed else "fail",
-                         "kdh.failing_domains": ",".join(verdict.failing_domains)})
-    return GateOutcome(verdict, scorecard, code, run.info.run_id, out)
-
-
-# --------------------------------------------------------------------------------------------
-# The loop
+from harness.scoring import ScoringOptions
 
 
 @dataclass
 class LoopSettings:
     rounds: int = 1
-    steps: int = 300
-    batch_size: int = 8
-    block_size: int = 256
-    lr: float = 2e-3
-    kd_weight: float = 0.2
-    interval: int = 50
+    steps: int = DistillConfig.steps
+    batch_size: int = DistillConfig.batch_size
+    block_size: int = DistillConfig.block_size
+    lr: float = DistillConfig.lr
+    kd_weight: float = DEFAULT_KD_WEIGHT["kd"]
+    interval: int = DistillConfig.interval
     seed: int = 0
     promote: bool = True
 
@@ -152,49 +49,14 @@ def weak_domains(scorecard: Scorecard, suite: Suite, model: str = "student") -> 
     return weak
 
 
-def distill_domains(suite: Suite) -> dict[str, tuple[Path, Path]]:
-    missing = [d.name for d in suite.domains if d.train is None or d.validation is None]
-    if missing:
-        raise BadInput(f"{suite.path}: domain(s) {', '.join(missing)} need `train:` and `validation:` files to distil")
-    return {d.name: (d.train, d.validation) for d in suite.domains}
-
-
-@contextmanager
-def distill_errors():
-    """The distiller's errors as kdh's, for `kdh distill` and `kdh loop` alike: a ValueError is bad
-    input (exit 2: a tokenizer mismatch, a flag out of range, unreadable data), a DistillError a
-    failure while running (exit 3); kdh's own errors pass through with their codes."""
-    from distiller.trainer import DistillError
-
-    try:
-        yield
-    except ValueError as err:
-        raise BadInput(str(err)) from err
-    except DistillError as err:
-        raise RuntimeFailure(str(err)) from err
-
-
-def _distill_round(suite: Suite, teacher: ModelRef, student_dir: str, gaps: Path, settings: LoopSettings,
-                   out: Path, round_no: int):
-    """DDK distillation seeded with the scorecard's gaps, under a nested ``distill`` run."""
-    import mlflow
-
-    from distiller.trainer import DistillConfig, distill
-
+def distill_round(suite: Suite, teacher: ModelRef, student_dir: str, ratios: dict[str, float],
+                  settings: LoopSettings, out: Path, round_no: int) -> steps.DistillOutcome:
+    """DDK distillation of ``student_dir`` with the mixture seeded by ``ratios`` (nested run)."""
     config = DistillConfig(teacher=teacher.source, student=student_dir, output_dir=str(out), steps=settings.steps,
                            batch_size=settings.batch_size, block_size=settings.block_size, lr=settings.lr,
-                           kd_weight=settings.kd_weight, interval=settings.interval, gaps_from=str(gaps),
+                           kd_weight=settings.kd_weight, interval=settings.interval, initial_ratios=ratios,
                            seed=settings.seed + round_no)
-    with tracking.tracked_run(suite.name, "distill", f"distill round {round_no}", nested=True) as run:
-        mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name, "round": round_no})
-        with distill_errors():
-            result = distill(config, distill_domains(suite))
-        mlflow.log_table(pd.DataFrame(result.history), artifact_file="tables/ddk_history.json")
-        mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "seconds": result.seconds,
-                            "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})
-        mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
-        source_uri = f"{run.info.artifact_uri}/student"
-    return result, source_uri
+    return steps.distill(suite, config, f"distill round {round_no}", params={"round": round_no})
 
 
 def current_champion(suite: Suite, base_student: str) -> tuple[str, str]:
@@ -203,18 +65,17 @@ def current_champion(suite: Suite, base_student: str) -> tuple[str, str]:
     version = promotion.champion_version(name)
     if version is None:
         return base_student, "base student"
-    return promotion.resolve(f"models:/{name}/{version.version}"), f"champion v{version.version}"
+    return model_uris.resolve(f"models:/{name}/{version.version}"), f"champion v{version.version}"
 
 
 def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopSettings, options: ScoringOptions,
              out: Path, junit: str | None = None, summary: str | None = None) -> int:
-    """Score → gaps → DDK distillation → score the candidate → gate → promote; ``rounds`` times
-    while weak domains remain. Returns the exit code (0 promoted or nothing to do, 1 rejected)."""
+    """Returns the exit code: 0 promoted (or nothing to do), 1 the candidate was rejected."""
+    import mlflow
+
     registered = promotion.registered_name(suite.name)
     exit_code, before, after = EXIT_PASS, None, None
     with tracking.tracked_run(suite.name, "loop", f"loop {suite.name}") as parent:
-        import mlflow
-
         mlflow.log_params({"suite": suite.name, "teacher": teacher.source, "base_student": base_student,
                            **{f"loop.{k}": v for k, v in vars(settings).items()}})
         student_dir, label = current_champion(suite, base_student)
@@ -223,9 +84,10 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
             round_out = out / f"round-{round_no}"
             note("  scoring the teacher and the student …")
             # Every model loads as the teacher does (dtype, device, what it may trust).
-            card, _ = evaluate(suite, [replace(teacher, name="teacher"), replace(teacher, name="student", source=student_dir)],
-                               options, round_out / "before", f"round {round_no}: teacher vs {label}")
-            note(f"  scoring: {cached_note(card)}")
+            card, _ = steps.evaluate(suite, [replace(teacher, name="teacher"),
+                                             replace(teacher, name="student", source=student_dir)],
+                                     options, round_out / "before", f"round {round_no}: teacher vs {label}")
+            note(f"  scoring: {steps.cached_note(card)}")
             before = before if before is not None else card
             weak = weak_domains(card, suite)
             say(f"  weak domains (below the suite's min_retention): {', '.join(weak) or 'none'}")
@@ -233,14 +95,16 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
                 say("  nothing left to retrain")
                 break
             note(f"  distilling with DDK, {settings.steps} steps, seeded with the scorecard's gaps …")
-            result, source_uri = _distill_round(suite, teacher, student_dir, round_out / "before" / "scorecard.json",
-                                                settings, round_out / "distill", round_no)
+            ratios = gaps.ratios_from_scorecard(card, domains=[d.name for d in suite.domains])
+            distilled = distill_round(suite, teacher, student_dir, ratios, settings, round_out / "distill", round_no)
+            result = distilled.result
             weights = ", ".join(f"{k.split('/', 1)[1]} {v:.2f}" for k, v in result.history[-1].items()
                                 if k.startswith("weight/"))
             say(f"  distilled: {result.steps} steps, {result.tokens_per_s:,.0f} tokens/s · last DDK weights: {weights}")
             note("  gating the candidate …")
-            outcome = gate(suite, teacher, replace(teacher, name="candidate", source=str(result.student_dir)),
-                           replace(teacher, name="champion", source=student_dir), options, round_out / "gate", junit, summary)
+            outcome = steps.gate(suite, teacher, replace(teacher, name="candidate", source=str(result.student_dir)),
+                                 replace(teacher, name="champion", source=student_dir), options, round_out / "gate",
+                                 junit, summary)
             say(verdict_report(outcome.verdict))
             after = outcome.scorecard
             if not outcome.verdict.passed:
@@ -248,10 +112,11 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
                 say(f"  the candidate stays at {result.student_dir}; the champion is unchanged")
                 break
             if settings.promote:
-                promoted = promotion.promote(result.student_dir, registered, source_uri=source_uri,
+                promoted = promotion.promote(result.student_dir, registered, source_uri=distilled.source_uri,
+                                             source_run_id=distilled.run_id,
                                              tags={"kdh.loop_run": parent.info.run_id, "kdh.round": str(round_no),
                                                    "kdh.gate_run": outcome.run_id})
-                say(f"  promoted: models:/{registered}@champion → version {promoted['version']}")
+                say(f"  promoted: {promotion.promoted_line(promoted)}")
             # The next round starts from this candidate (the same bytes as the new champion).
             student_dir, label = str(result.student_dir), f"round {round_no}'s candidate"
         if after is not None:
@@ -275,22 +140,3 @@ def before_after_frame(before: Scorecard, after: Scorecard) -> pd.DataFrame:
 def before_after(before: Scorecard, after: Scorecard) -> str:
     return ("Retention of the teacher's score per domain, before → after\n\n" + table(before_after_frame(before, after))
             + "\n\n" + scorecard_report(after))
-
-
-def newest_student(suite: Suite) -> Path | None:
-    """The newest student a `kdh distill` or `kdh loop` wrote for this suite (what `kdh gate` checks
-    by default)."""
-    found = [p for pattern in (f"distill/{suite.name}-*/student", f"loop/{suite.name}-*/round-*/distill/student")
-             for p in home.kdh_home().glob(pattern) if (p / "config.json").is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime) if found else None
-
-
-def passing_gate_run(suite_name: str, candidate_fingerprint: str) -> str | None:
-    """The newest gate run that passed this exact candidate (by fingerprint), if any."""
-    import mlflow
-
-    runs = mlflow.search_runs(experiment_names=[f"kdh/{suite_name}"], output_format="list",
-                              filter_string=f"tags.`{tracking.KIND_TAG}` = 'gate' and tags.`kdh.verdict` = 'pass' and attributes.status = 'FINISHED' "
-                                            f"and params.`candidate.fingerprint` = '{candidate_fingerprint}'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0].info.run_id if runs else None

@@ -7,11 +7,11 @@ load from safetensors only and ``trust_remote_code`` stays off unless asked for.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from distiller.files import sha256_named_files
 from harness.errors import BadInput
 
 _DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -67,15 +67,8 @@ def fingerprint(ref: ModelRef) -> str:
     path = check_local(ref)
     if path is None:
         return "hub:" + ref.source
-    digest = hashlib.sha256()
     files = [path / f for f in _CONFIG_FILES if (path / f).is_file()]
-    files += sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
-    for file in files:
-        digest.update(file.name.encode())
-        with open(file, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return sha256_named_files(files + sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin")))
 
 
 def bytes_on_disk(ref: ModelRef) -> int:

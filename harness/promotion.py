@@ -4,8 +4,7 @@ the one in use.
 Each promotion is a new model version, never an overwrite, so history is kept and a rollback only
 moves the alias. A version's tag ``kdh.previous_champion`` names the champion it replaced; that
 chain is what rollback walks back along (v3 -> v2 -> v1), so repeated rollbacks never bounce
-between two versions. ``resolve`` turns ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` into
-a local folder that transformers can load.
+between two versions. (``models:/NAME@ALIAS`` → a local folder: harness/model_uris.py.)
 
 MLflow must already point at the right store (``harness.tracking.connect``).
 
@@ -37,18 +36,14 @@ creating the version and moving the alias another process can move the alias. So
 
 from __future__ import annotations
 
-import json
-import random
 import re
-import time
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from harness import home
-from harness.atomic import write_atomic_folder
-from harness.errors import BadInput, KdhError, RuntimeFailure
+from harness.errors import BadInput, RuntimeFailure
 from harness.models import ModelRef, fingerprint
+from harness.registry_calls import ATTEMPTS, call, client, model_version, pause, registered_model
 
 CHAMPION = "champion"
 ARTIFACT_PATH = "promoted"
@@ -58,46 +53,14 @@ PROMOTED_TAG = "kdh.promoted_at"
 ROLLED_BACK_TAG = "kdh.rolled_back_at"
 HISTORY_COLUMNS = ["version", "created", "champion", "promoted_at", "rolled_back_at", "previous_champion",
                    "fingerprint", "run_id", "source"]
-# Written into each downloaded folder: the cache is keyed by name/version only, and the same name
-# and version in another store (another MLFLOW_TRACKING_URI) are different files.
-_ORIGIN_FILE = ".kdh-origin.json"
 
 
 def registered_name(suite_name: str) -> str:
     return f"kdh-{suite_name}"
 
 
-def _client():
-    from mlflow import MlflowClient
-
-    return MlflowClient()
-
-
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _registered_model(name: str):
-    """The registered model, or None if there is none by that name (other errors propagate)."""
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return _client().get_registered_model(name)
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-
-
-def _version(name: str, version) -> object | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return _client().get_model_version(name, str(version))
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
 
 
 def champion_version(name: str):
@@ -105,88 +68,26 @@ def champion_version(name: str):
 
     Read from the registered model's alias map: a missing alias makes
     ``get_model_version_by_alias`` raise INVALID_PARAMETER_VALUE, too broad a code to catch."""
-    model = _registered_model(name)
+    model = registered_model(name)
     if model is None or CHAMPION not in (model.aliases or {}):
         return None
-    return _version(name, model.aliases[CHAMPION])
-
-
-# --------------------------------------------------------------------------------------------
-# Registry writes that survive concurrent writers
-
-ATTEMPTS = 8  # tries per registry call and per alias move
-BACKOFF_S = 0.1  # first wait between tries; doubles, capped at BACKOFF_MAX_S, with jitter
-BACKOFF_MAX_S = 2.0
-# What a store says when two writers collide or it is busy: worth another try.
-_CONFLICT = re.compile(r"IntegrityError|UNIQUE constraint|duplicate key|database is locked|deadlock|"
-                       r"could not serialize|Model Version creation error", re.IGNORECASE)
-# (A server's 5xx replies are retried by MLflow's HTTP client already; a conflict comes back as 400.)
-_RETRY_CODES = {"TEMPORARILY_UNAVAILABLE", "REQUEST_LIMIT_EXCEEDED"}
-
-
-def _transient(err: Exception) -> bool:
-    """A concurrent-write conflict or a busy store: the same call may succeed a moment later."""
-    from mlflow.exceptions import MlflowException
-
-    if isinstance(err, MlflowException):
-        return err.error_code in _RETRY_CODES or bool(_CONFLICT.search(str(err)))
-    try:
-        import sqlalchemy.exc
-    except ImportError:  # pragma: no cover  (MLflow's SQL stores need it)
-        return False
-    return isinstance(err, (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.OperationalError))
-
-
-def _pause(attempt: int) -> None:
-    delay = min(BACKOFF_MAX_S, BACKOFF_S * 2 ** attempt)
-    time.sleep(delay * (0.5 + random.random()))  # jitter: two racers do not retry in step
-
-
-def _failure(what: str, err: Exception) -> RuntimeFailure:
-    """A registry error as kdh's message: what failed, MLflow's error code, what to do; the
-    store's own text (SQL, a REST body) stays out of it."""
-    code = getattr(err, "error_code", None) or type(err).__name__
-    if _transient(err):
-        why = (f"the model registry kept refusing it after {ATTEMPTS} tries ({code}: other processes were "
-               "writing at the same time, or the store was busy)")
-    else:
-        first = (str(getattr(err, "message", err)).strip().splitlines() or [""])[0][:200]
-        raw = not first or re.search(r"sqlalchemy|sqlite3|psycopg|\[SQL:|Traceback", first, re.IGNORECASE)
-        why = f"the model registry refused it ({code}{'' if raw else ': ' + first})"
-    return RuntimeFailure(f"{what}: {why}. Check the registry with `kdh promote --list` and run the command again")
-
-
-def _call(what: str, fn, *args, **kwargs):
-    """``fn(*args, **kwargs)``, retried with backoff while the store reports a conflict; any
-    failure left is a RuntimeFailure naming ``what``."""
-    for attempt in range(ATTEMPTS):
-        try:
-            return fn(*args, **kwargs)
-        except KdhError:
-            raise
-        except Exception as err:  # MLflow raises SQL and HTTP errors of many kinds
-            if not _transient(err):
-                raise _failure(what, err) from err
-            if attempt == ATTEMPTS - 1:
-                raise _failure(what, err) from err
-            _pause(attempt)
-    raise AssertionError("unreachable")
+    return model_version(name, model.aliases[CHAMPION])
 
 
 def _ensure_registered(name: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    if _call(f"reading registered model '{name}'", _registered_model, name) is not None:
+    if call(f"reading registered model '{name}'", registered_model, name) is not None:
         return
 
     def create() -> None:
         try:
-            _client().create_registered_model(name)
+            client().create_registered_model(name)
         except MlflowException as err:
             if err.error_code != "RESOURCE_ALREADY_EXISTS":  # another process created it first
                 raise
 
-    _call(f"registering model '{name}'", create)
+    call(f"registering model '{name}'", create)
 
 
 # --------------------------------------------------------------------------------------------
@@ -216,13 +117,13 @@ def _run(run_id: str):
 
     def get():
         try:
-            return _client().get_run(run_id)
+            return client().get_run(run_id)
         except MlflowException as err:
             if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
                 return None
             raise
 
-    return _call(f"reading run {run_id}", get)
+    return call(f"reading run {run_id}", get)
 
 
 def _source_run(source: str, source_run_id: str | None) -> str:
@@ -265,7 +166,7 @@ def _log_folder(model_dir: Path) -> tuple[str, str]:
         raise BadInput("promote needs an active MLflow run to log the model into (mlflow.start_run), "
                        "or source_uri= naming files already logged, e.g. an earlier run's .../artifacts/student")
     # A second log into the same path would overwrite the files an earlier version points at.
-    if _call(f"listing the artifacts of run {run.info.run_id}", _client().list_artifacts, run.info.run_id, ARTIFACT_PATH):
+    if call(f"listing the artifacts of run {run.info.run_id}", client().list_artifacts, run.info.run_id, ARTIFACT_PATH):
         raise BadInput(f"run {run.info.run_id} already holds a promoted model under '{ARTIFACT_PATH}'; "
                        "promote each model from its own run")
     mlflow.log_artifacts(str(model_dir), artifact_path=ARTIFACT_PATH)
@@ -278,7 +179,7 @@ def _log_folder(model_dir: Path) -> tuple[str, str]:
 
 def _alias_state(name: str) -> tuple[int | None, int]:
     """(the version ``champion`` points at or None, the newest version number)."""
-    model = _call(f"reading registered model '{name}'", _registered_model, name)
+    model = call(f"reading registered model '{name}'", registered_model, name)
     if model is None:
         raise RuntimeFailure(f"registered model '{name}' was deleted while a version was being promoted; "
                              "promote again")
@@ -288,7 +189,7 @@ def _alias_state(name: str) -> tuple[int | None, int]:
 
 
 def _set_previous(name: str, version: int, previous: int | None) -> None:
-    _call(f"tagging '{name}' version {version}", _client().set_model_version_tag, name, str(version),
+    call(f"tagging '{name}' version {version}", client().set_model_version_tag, name, str(version),
           PREVIOUS_TAG, "" if previous is None else str(previous))
 
 
@@ -301,24 +202,24 @@ def _move_champion(name: str, mine: int, previous: int | None) -> tuple[int, int
         target = max(newest, mine)
         if current == target:
             if target != mine and held:  # mine was champion between the newer one's read and its move
-                found = _call(f"reading '{name}' version {target}", _version, name, target)
+                found = call(f"reading '{name}' version {target}", model_version, name, target)
                 recorded = found.tags.get(PREVIOUS_TAG, "") if found is not None else str(mine)
                 if not recorded or (recorded.isdigit() and int(recorded) < mine):  # it skipped over mine
                     _set_previous(name, target, mine)
             return target, previous
         if target != mine:
-            newer = _call(f"reading '{name}' version {target}", _version, name, target)
+            newer = call(f"reading '{name}' version {target}", model_version, name, target)
             if newer is None or newer.tags.get(ROLLED_BACK_TAG):  # deleted or already rolled back: leave it
                 return (current if current is not None else mine), previous
         # Record what the alias holds now as the target's previous champion, then move the alias.
         _set_previous(name, target, current)
         if target == mine:
             previous = current
-        _call(f"moving '{name}@{CHAMPION}' to version {target}", _client().set_registered_model_alias,
+        call(f"moving '{name}@{CHAMPION}' to version {target}", client().set_registered_model_alias,
               name, CHAMPION, str(target))
         held = held or target == mine
         if attempt:
-            _pause(attempt - 1)  # a racer keeps moving it back: let it finish first
+            pause(attempt - 1)  # a racer keeps moving it back: let it finish first
     raise RuntimeFailure(f"'{name}@{CHAMPION}': other promotions kept moving the alias for {ATTEMPTS} tries, so "
                          f"version {mine} may not be champion; check with `kdh promote --list` and promote again")
 
@@ -351,7 +252,7 @@ def promote(model_dir, name: str, *, source_uri: str | None = None, source_run_i
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     all_tags.update({FINGERPRINT_TAG: digest, PREVIOUS_TAG: "" if current is None else str(current),
                      PROMOTED_TAG: _now()})
-    version = _call(f"registering {source} as a version of '{name}'", _client().create_model_version,
+    version = call(f"registering {source} as a version of '{name}'", client().create_model_version,
                     name, source=source, run_id=run_id, tags=all_tags)
     mine = int(version.version)
     champion, previous = _move_champion(name, mine, current)
@@ -361,20 +262,20 @@ def promote(model_dir, name: str, *, source_uri: str | None = None, source_run_i
 
 def rollback(name: str) -> dict:
     """Move ``champion`` back to the version the current one replaced; versions are kept."""
-    current = _call(f"reading the champion of '{name}'", champion_version, name)
+    current = call(f"reading the champion of '{name}'", champion_version, name)
     if current is None:
         raise BadInput(f"'{name}' has no champion to roll back from; promote a model first")
     previous = current.tags.get(PREVIOUS_TAG, "")
     if not previous:
         raise BadInput(f"'{name}' version {current.version} was the first champion, so there is no earlier "
                        "one to roll back to; promote another model instead")
-    if _call(f"reading '{name}' version {previous}", _version, name, previous) is None:
+    if call(f"reading '{name}' version {previous}", model_version, name, previous) is None:
         raise BadInput(f"'{name}' version {current.version} replaced version {previous}, which no longer "
                        f"exists in the registry; promote the model you want instead")
     # Move the alias before tagging: a failure in between leaves a correct champion, only a missing note.
-    _call(f"moving '{name}@{CHAMPION}' to version {previous}", _client().set_registered_model_alias,
+    call(f"moving '{name}@{CHAMPION}' to version {previous}", client().set_registered_model_alias,
           name, CHAMPION, previous)
-    _call(f"tagging '{name}' version {current.version}", _client().set_model_version_tag,
+    call(f"tagging '{name}' version {current.version}", client().set_model_version_tag,
           name, str(current.version), ROLLED_BACK_TAG, _now())
     return {"name": name, "version": int(previous), "left": int(current.version)}
 
@@ -383,12 +284,12 @@ def history(name: str):
     """One row per version, newest first."""
     import pandas as pd
 
-    model = _registered_model(name)
+    model = registered_model(name)
     if model is None:
         return pd.DataFrame(columns=HISTORY_COLUMNS)
     # search_model_versions leaves ModelVersion.aliases empty (3.17, SQL store): ask the model.
     champion = (model.aliases or {}).get(CHAMPION)
-    versions = _client().search_model_versions(f"name = '{name}'")
+    versions = client().search_model_versions(f"name = '{name}'")
     rows = [{"version": int(v.version),
              "created": pd.to_datetime(v.creation_timestamp, unit="ms", utc=True),
              "champion": champion is not None and int(v.version) == int(champion),
@@ -399,68 +300,10 @@ def history(name: str):
     return frame.sort_values("version", ascending=False, ignore_index=True)
 
 
-def _parse(source: str) -> tuple[str, str | None, str | None]:
-    """(name, alias, version) from ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION``."""
-    rest = source[len("models:/"):]
-    if "@" in rest:
-        name, _, alias = rest.rpartition("@")
-        if name and alias:
-            return name, alias, None
-    else:
-        name, _, version = rest.rpartition("/")
-        if name and version.isdigit():
-            return name, None, version
-    raise BadInput(f"'{source}': expected models:/NAME@ALIAS or models:/NAME/VERSION, e.g. models:/kdh-demo@champion")
-
-
-def _lookup(source: str):
-    """The ModelVersion a ``models:/`` URI names, or BadInput listing what exists."""
-    name, alias, version = _parse(source)
-    model = _registered_model(name)
-    if model is None:
-        known = sorted(m.name for m in _client().search_registered_models(max_results=1000))
-        raise BadInput(f"'{source}': no registered model '{name}'; registered: {', '.join(known) or 'none'}")
-    aliases = model.aliases or {}
-    if alias is not None:
-        if alias not in aliases:
-            listed = ", ".join(f"{a} (version {v})" for a, v in sorted(aliases.items())) or "none"
-            raise BadInput(f"'{source}': '{name}' has no alias '{alias}'; its aliases: {listed}")
-        version = str(aliases[alias])
-    found = _version(name, version)
-    if found is None:
-        known = sorted(int(v.version) for v in _client().search_model_versions(f"name = '{name}'"))
-        raise BadInput(f"'{source}': '{name}' has no version {version}; "
-                       f"its versions: {', '.join(map(str, known)) or 'none'}")
-    return found
-
-
-def resolve(source: str) -> str:
-    """A local folder for a ``models:/`` URI (downloaded once per version); other sources unchanged.
-
-    An alias is resolved to its version first: the alias moves, a version's files never change,
-    so the cache folder is per version."""
-    if not source.startswith("models:/"):
-        return source
-    import mlflow
-
-    found = _lookup(source)
-    origin = {"tracking_uri": mlflow.get_tracking_uri(), "source": found.source}
-    folder = home.kdh_home() / "models" / found.name / str(found.version)
-    try:
-        if json.loads((folder / _ORIGIN_FILE).read_text()) == origin:
-            return str(folder)
-    except (OSError, ValueError):
-        pass  # not downloaded yet, or cut short before the origin was written
-
-    expected = found.tags.get(FINGERPRINT_TAG)
-
-    def fill(tmp: Path) -> None:
-        # With dst_path MLflow copies the files; without it, a local store returns its own folder.
-        mlflow.artifacts.download_artifacts(f"models:/{found.name}/{found.version}", dst_path=str(tmp))
-        got = fingerprint(ModelRef(name=source, source=str(tmp)))
-        if expected and got != expected:
-            raise RuntimeFailure(f"'{source}': the files at {found.source} do not match the fingerprint recorded "
-                                 f"at promotion ({got[:12]} != {expected[:12]}); they changed since")
-        (tmp / _ORIGIN_FILE).write_text(json.dumps(origin) + "\n")
-
-    return str(write_atomic_folder(folder, fill))
+def promoted_line(promoted: dict) -> str:
+    """What a promotion did, in one line: a newer concurrent promotion may hold the alias now."""
+    name, version, champion = promoted["name"], promoted["version"], promoted["champion"]
+    if champion == version:
+        return f"models:/{name}@champion → version {version} (was {promoted['previous'] or 'none'})"
+    return (f"models:/{name}: version {version} registered, but version {champion}, promoted at the same time "
+            "and newer, holds champion")

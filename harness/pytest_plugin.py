@@ -5,7 +5,7 @@
 collects one test per domain, slice and check of the gate (``code/ppl/retention``,
 ``records/(domain)/regression``, …) plus ``scorecard/valid``, so pytest's own reporting,
 selection (``-k code``), ``--junitxml`` and CI integrations apply. The first test to run scores
-the models once, through exactly what ``kdh gate`` runs (``harness.loop.gate``: the result cache,
+the models once, through exactly what ``kdh gate`` runs (``harness.steps.gate``: the result cache,
 the same decisions, a gate run in MLflow); every test then reports its own row of that verdict,
 so a test passes or fails for the same reason as the gate's check.
 
@@ -89,24 +89,22 @@ def _verdict(config):
 
 
 def _run_gate(config):
-    from harness import home, loop, promotion, tracking
-    from harness.cli import demo_world
-    from harness.models import ModelRef
+    from harness import promotion, steps, tracking
+    from harness.inputs import model_or_demo, model_ref, output_folder
     from harness.scoring import ScoringOptions
 
     tracking.connect(config.getoption("kdh_tracking_uri"))
     suite = config.stash[_SUITE]
     option = config.getoption
-    world = None if (option("kdh_teacher") and option("kdh_candidate")) else demo_world(progress=False)
-    teacher = ModelRef("teacher", promotion.resolve(option("kdh_teacher") or str(world.teacher_dir)))
-    candidate = ModelRef("candidate", promotion.resolve(option("kdh_candidate") or str(world.student_dir)))
+    teacher = model_ref("teacher", model_or_demo(option("kdh_teacher"), "teacher", progress=False))
+    candidate = model_ref("candidate", model_or_demo(option("kdh_candidate"), "student", progress=False))
     registered, champion = promotion.registered_name(suite.name), None
     if option("kdh_champion") and option("kdh_champion") != "none":
-        champion = ModelRef("champion", promotion.resolve(option("kdh_champion")))
+        champion = model_ref("champion", option("kdh_champion"))
     elif option("kdh_champion") is None and promotion.champion_version(registered) is not None:
-        champion = ModelRef("champion", promotion.resolve(f"models:/{registered}@champion"))
-    out = home.kdh_home() / "gates" / f"{suite.name}-pytest-{loop.stamp()}"
-    return loop.gate(suite, teacher, candidate, champion, ScoringOptions(limit=option("kdh_limit")), out).verdict
+        champion = model_ref("champion", f"models:/{registered}@champion")
+    out = output_folder(None, "gates", suite.name, "pytest")
+    return steps.gate(suite, teacher, candidate, champion, ScoringOptions(limit=option("kdh_limit")), out).verdict
 
 
 def pytest_configure(config):
@@ -114,8 +112,8 @@ def pytest_configure(config):
     if not path:
         return
     from harness import home
-    from harness.cli import open_suite
     from harness.errors import KdhError
+    from harness.inputs import open_suite
 
     home.configure_environment()
     try:

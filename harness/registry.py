@@ -9,7 +9,6 @@ working directory; ``demo://`` paths resolve into the embedded demo world's data
 from __future__ import annotations
 
 import difflib
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any, Callable
 
 import yaml
 
+from distiller.files import sha256_named_files
 from harness.errors import SuiteError
 from harness.metrics import METRICS
 from harness.taskfiles import load_task_template
@@ -102,13 +102,7 @@ class Suite:
     def fingerprint(self) -> str:
         """sha256 over the suite file and every task and data file it names, so a result is tied
         to exactly what was scored."""
-        digest = hashlib.sha256()
-        for path in (self.path, *self.files):
-            digest.update(str(path.name).encode())
-            with open(path, "rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-        return digest.hexdigest()
+        return sha256_named_files((self.path, *self.files))
 
 
 # --------------------------------------------------------------------------------------------

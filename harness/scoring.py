@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness import cache
+from harness import cache, console
 from harness import models as model_io
 from harness.errors import BadInput, RuntimeFailure
 from harness.metrics import METRICS
 from harness.models import ModelRef
 from harness.registry import Suite
 from harness.scorecard import EFFICIENCY_COLUMNS, ROW_COLUMNS, SAMPLE_COLUMNS, Scorecard
-from harness.taskfiles import inline_task
+from harness.taskfiles import inline_task, task_name
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +36,6 @@ class ScoringOptions:
     seed: int = 1234
     allow_code: bool = False  # lets lm-eval run tasks marked unsafe_code (they execute model output)
     use_cache: bool = True  # reuse a model's results when nothing that shapes them changed (harness/cache.py)
-
-
-def task_name(domain: str, slice_name: str) -> str:
-    return f"kdh.{domain}.{slice_name}"
 
 
 class PeakMemory:
@@ -111,7 +107,9 @@ def evaluate_model(ref: ModelRef, suite: Suite,
 
     model, tokenizer = model_io.load(ref)
     batch_size = options.batch_size or suite.defaults.batch_size
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)  # batch size on HFLM: see libraries.md
+    # simple_evaluate's batch_size does not reach an LM object, and HFLM's own default is 1: set it here
+    # (docs/architecture.md, "what kdh relies on").
+    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     needs_builtins = any(s.is_builtin for d in suite.domains for s in d.slices)
     # Indexing lm-eval's built-in tasks costs ~12 s; only pay it when a slice names one.
     manager = TaskManager(include_defaults=needs_builtins)
@@ -228,7 +226,9 @@ def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = Sc
     for ref in refs:  # fail on a bad path before spending minutes on the first model
         model_io.check_local(ref)
     rows, samples, efficiency, provenance = [], [], [], {}
-    for ref in refs:
+    bar = console.bar(refs, desc="scoring", unit="model", leave=False)
+    for ref in bar:
+        bar.set_postfix_str(ref.name, refresh=False)
         model_fingerprint = model_io.fingerprint(ref)
         key = cache.key(model_fingerprint, ref, suite, options)
         found = cache.load(key) if options.use_cache else None

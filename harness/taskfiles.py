@@ -98,13 +98,18 @@ def load_task_template(path: Path, *, allow_code: bool, field: str, suite: Path)
     return load_yaml(path, resolve_func=True)
 
 
-def inline_task(slice_: "Slice", task_name: str) -> dict[str, Any] | str:
+def task_name(domain: str, slice_name: str) -> str:
+    """The name lm-eval knows a suite's local slice by."""
+    return f"kdh.{domain}.{slice_name}"
+
+
+def inline_task(slice_: "Slice", name: str) -> dict[str, Any] | str:
     """What lm-eval is given for a slice: a built-in task's name, or a full inline config."""
     if slice_.is_builtin:
         return slice_.task
     cfg = deepcopy(slice_.template)
     cfg.pop("tag", None)
-    cfg["task"] = task_name
+    cfg["task"] = name
     if slice_.data is not None:
         cfg.update(dataset_path="json", dataset_name=None, test_split="test",
                    dataset_kwargs={"data_files": {"test": str(slice_.data)}})

@@ -1,6 +1,6 @@
 """MLflow tracking: one experiment per suite, a parent run per command, a nested run per model.
 
-Conventions (see DESIGN.md): tag ``kdh.kind`` on each run; metric names ``domain/slice/metric``
+Conventions (docs/architecture.md): tag ``kdh.kind`` on each run; metric names ``domain/slice/metric``
 (lm-eval's ``acc,none`` keys are mapped, MLflow rejects commas); scorecards as table artifacts.
 A run whose work raised ends FAILED (KILLED on Ctrl-C), never FINISHED.
 """
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from harness import home
+from harness import console, home
 from harness.errors import BadInput
 from harness.registry import Suite
 from harness.scorecard import Scorecard
@@ -129,13 +129,30 @@ def tracked_run(suite_name: str, kind: str, run_name: str, tags: dict | None = N
         yield run
     except KeyboardInterrupt:
         mlflow.set_tag("kdh.error", "interrupted")
+        _attach_log(nested)
         mlflow.end_run(status="KILLED")
         raise
     except BaseException as err:
         mlflow.set_tag("kdh.error", f"{type(err).__name__}: {err}"[:5000])
+        _attach_log(nested)
         mlflow.end_run(status="FAILED")
         raise
+    _attach_log(nested)
     mlflow.end_run(status="FINISHED")
+
+
+def _attach_log(nested: bool) -> None:
+    """The libraries' output of this command (harness/console.py), kept with its outermost run. Best
+    effort: a log that cannot be stored never hides how the run itself ended."""
+    import mlflow
+
+    log = console.log_path()
+    if nested or log is None or not log.is_file():
+        return
+    try:
+        mlflow.log_artifact(str(log), artifact_path="logs")
+    except Exception as err:  # noqa: BLE001 - the run's own outcome matters more than its log
+        console.note(f"kdh: the log {log} could not be stored with the run ({type(err).__name__}: {err})")
 
 
 def library_versions() -> dict[str, str]:

@@ -25,7 +25,8 @@ from harness import promotion
 from harness.models import ModelRef, fingerprint
 
 ROUNDS = 20
-pytestmark = pytest.mark.usefixtures("own_tracking_uri")  # the servers here stop; the URI must not outlive them
+# The servers here stop: the tracking URI must not outlive them.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_tracking_uri")]
 
 
 @pytest.fixture(scope="module")

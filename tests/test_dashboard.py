@@ -101,6 +101,7 @@ def saved(folder: Path, name: str) -> tuple[Scorecard, pd.DataFrame]:
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_view_renders_against_the_seeded_store(store, monkeypatch):
     at = app(monkeypatch, store[0])
     for view in VIEWS:
@@ -108,6 +109,7 @@ def test_every_view_renders_against_the_seeded_store(store, monkeypatch):
         assert at.header[0].value.startswith(view.split()[0])
 
 
+@pytest.mark.slow
 def test_the_scorecard_shows_the_newest_gate_with_its_numbers_and_verdicts(store, monkeypatch):
     uri, folder = store
     card, verdict = saved(folder, "strict-gate")
@@ -144,6 +146,7 @@ def test_the_scorecard_shows_the_newest_gate_with_its_numbers_and_verdicts(store
     assert set(checks["domain"]) == {"records"} and len(checks) == (verdict["domain"] == "records").sum()
 
 
+@pytest.mark.slow
 def test_the_gate_view_shows_verdicts_and_who_holds_champion(store, monkeypatch):
     uri, folder = store
     _, verdict = saved(folder, "strict-gate")
@@ -164,6 +167,7 @@ def test_the_gate_view_shows_verdicts_and_who_holds_champion(store, monkeypatch)
     assert list(promotions["version"]) == [1] and promotions["champion"].iloc[0] == "★ champion"
 
 
+@pytest.mark.slow
 def test_the_distillation_view_draws_the_ddk_weights_mlflow_holds(store, monkeypatch):
     uri, _ = store
     at = show(app(monkeypatch, uri), "Distillation")
@@ -181,6 +185,7 @@ def test_the_distillation_view_draws_the_ddk_weights_mlflow_holds(store, monkeyp
     assert {m.label: m.value for m in at.metric}["last step"] == "10"
 
 
+@pytest.mark.slow
 def test_history_trends_each_domain_and_sets_efficiency_side_by_side(store, monkeypatch):
     uri, folder = store
     before = Scorecard.load(folder / "loop" / "round-1" / "before")
@@ -199,6 +204,7 @@ def test_history_trends_each_domain_and_sets_efficiency_side_by_side(store, monk
         eff.loc["student", "parameters"] / eff.loc["teacher", "parameters"])
 
 
+@pytest.mark.slow
 def test_compare_puts_two_runs_side_by_side_domain_by_domain(store, monkeypatch):
     uri, folder = store
     at = show(app(monkeypatch, uri), "Compare")
@@ -220,6 +226,7 @@ def pick(at: AppTest, key: str, text: str) -> AppTest:
     return box.select_index(next(i for i, label in enumerate(box.options) if text in label))
 
 
+@pytest.mark.slow
 def test_filters_narrow_every_list_by_suite_model_and_date(store, monkeypatch):
     at = app(monkeypatch, store[0])
     assert at.selectbox(key="suite").options == ["default", "other"]

@@ -26,6 +26,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = "apt-get install -y chromium chromium-driver (.ci/run does)"
 
+pytestmark = pytest.mark.slow
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -45,6 +45,7 @@ def distilled(tiny_world, tmp_path_factory):
     return code, folder, uri, tiny_world
 
 
+@pytest.mark.slow
 def test_distill_writes_a_standard_student_that_moved(distilled):
     from transformers import AutoModelForCausalLM
 
@@ -57,6 +58,7 @@ def test_distill_writes_a_standard_student_that_moved(distilled):
     assert [p.name for p in sorted((folder / "run" / "checkpoints").iterdir())] == ["step-0000012", "step-0000016"]
 
 
+@pytest.mark.slow
 def test_mlflow_tracks_loss_and_the_weights_at_every_update(distilled):
     code, folder, uri, _ = distilled
     mlflow.set_tracking_uri(uri)
@@ -78,6 +80,7 @@ def test_mlflow_tracks_loss_and_the_weights_at_every_update(distilled):
     assert [h["step"] for h in history] == steps
 
 
+@pytest.mark.slow
 def test_the_weights_follow_the_gaps(distilled):
     """DDK: the first interval samples the natural mixture (Algorithm 1); from the first update on,
     r_1 ∝ r_0·exp(ratio_1) with r_0 ∝ exp(ratio_0), so the weights rank as ratio_0 + ratio_1 do:
@@ -90,6 +93,7 @@ def test_the_weights_follow_the_gaps(distilled):
     assert max(weights.values()) > 1 / len(DOMAINS) > min(weights.values())
 
 
+@pytest.mark.slow
 def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(distilled, tmp_path):
     from distiller.checkpoint import latest_good
 
@@ -103,6 +107,7 @@ def test_a_corrupt_checkpoint_is_skipped_for_the_previous_good_one(distilled, tm
     assert path.name == "step-0000012" and state["step"] == 12
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_processes_agree_on_the_weights(tiny_world, tmp_path):
     out = tmp_path / "run"
     # accelerate 1.x's `--cpu` launcher starts one process unless MPI is installed; `--multi_gpu` is

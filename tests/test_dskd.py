@@ -289,7 +289,7 @@ def tokenizers(tiny_world):
 
 
 def test_shared_tokens_pair_the_ids_of_one_string_in_both_vocabularies(tokenizers):
-    from distiller.cross import shared_tokens
+    from distiller.step import shared_tokens
 
     student, teacher = tokenizers
     s_ids, t_ids = shared_tokens(student, teacher)
@@ -298,7 +298,7 @@ def test_shared_tokens_pair_the_ids_of_one_string_in_both_vocabularies(tokenizer
 
 
 def test_pairs_hold_the_same_text_in_both_tokenizations(tiny_world, tokenizers):
-    from distiller.cross import PAD, pack_pairs, pair_rows, split_rows
+    from distiller.pairs import PAD, pack_pairs, pair_rows, split_rows
     from distiller.data import pack_blocks, read_texts
 
     student_tok, teacher_tok = tokenizers
@@ -326,7 +326,7 @@ def test_bits_per_byte_agrees_with_the_demo_builds_independent_count(tiny_world,
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM
 
-    from distiller.cross import domain_bits_per_byte, text_pieces
+    from distiller.measure import domain_bits_per_byte, text_pieces
     from distiller.data import read_texts
     from harness.demo.checks import bits_per_byte
 
@@ -408,7 +408,7 @@ def test_across_tokenizers_ddk_ratios_are_bits_per_byte_ratios(cma_run, tiny_wor
     own tokenizer; recomputed here with the demo build's independent bits-per-byte count."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from distiller.cross import text_pieces
+    from distiller.measure import text_pieces
     from distiller.data import read_texts
     from harness.demo.checks import bits_per_byte
 

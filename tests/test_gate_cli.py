@@ -18,6 +18,8 @@ from harness import cache, scoring
 from harness.cli import main
 from harness.scorecard import Scorecard
 
+pytestmark = pytest.mark.slow  # each test scores models end to end
+
 
 @pytest.fixture(scope="module")
 def world(tiny_world):

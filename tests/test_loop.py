@@ -5,6 +5,10 @@ weak domains and promotes only a candidate that passes; the champion is addressa
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import mlflow
 import pytest
 from mlflow import MlflowClient
@@ -15,19 +19,41 @@ from harness.models import ModelRef, fingerprint
 from harness.scorecard import Scorecard
 
 
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def looped(tiny_world, lenient_suite, tmp_path_factory):
+    """`kdh loop` as a user runs it: its own process, in a folder that is not a git repository."""
     folder = tmp_path_factory.mktemp("loop")
     uri = f"sqlite:///{folder / 'mlflow.db'}"  # its own store: the registry starts empty
     # Two rounds allowed; after the first, no domain is below the (lenient) floor, so the second
     # only scores the new champion and stops.
-    code = main(["loop", "--suite", str(lenient_suite), "--rounds", "2", "--steps", "40", "--interval", "10", "--tracking-uri", uri,
-                 "--out", str(folder / "out"), "--summary", str(folder / "summary.md")])
-    return code, folder, uri, tiny_world
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "loop", "--suite", str(lenient_suite), "--rounds", "2",
+                           "--steps", "40", "--interval", "10", "--tracking-uri", uri, "--out", str(folder / "out"),
+                           "--summary", str(folder / "summary.md")],
+                          cwd=folder, capture_output=True, text=True, timeout=1200)
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    return done.returncode, folder, uri, tiny_world, done
+
+
+def test_the_loop_prints_only_its_own_lines_and_keeps_the_libraries_output_with_its_run(looped):
+    from test_console import library_lines
+
+    *_, uri, _, done = looped
+    assert library_lines(done.stdout + done.stderr) == []
+    assert "Gate · candidate" in done.stdout and "scoring:" in done.stderr  # kdh's own result and bar
+    mlflow.set_tracking_uri(uri)
+    loop = mlflow.search_runs(experiment_names=["kdh/default"], filter_string="tags.`kdh.kind` = 'loop'",
+                              output_format="list")[0]
+    client = MlflowClient()
+    (artifact,) = client.list_artifacts(loop.info.run_id, "logs")
+    log = Path(client.download_artifacts(loop.info.run_id, artifact.path)).read_text()
+    assert "INFO mlflow" in log, "the libraries' output is in the log the run keeps"
 
 
 def test_the_loop_promotes_a_candidate_that_beats_the_base_student_on_its_weakest_domain(looped, capsys):
-    code, folder, uri, world = looped
+    code, folder, uri, world, _ = looped
     assert code == 0
     before = Scorecard.load(folder / "out" / "round-1" / "before").domains.set_index(["model", "domain"])["retention"]
     after = Scorecard.load(folder / "out" / "round-1" / "gate").domains.set_index(["model", "domain"])["retention"]
@@ -42,7 +68,7 @@ def test_the_loop_promotes_a_candidate_that_beats_the_base_student_on_its_weakes
 
 
 def test_the_loop_is_one_mlflow_parent_run_with_its_steps_nested(looped):
-    _, _, uri, _ = looped
+    _, _, uri, _, _ = looped
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["kdh/default"])
     assert (runs["status"] == "FINISHED").all()
@@ -55,7 +81,7 @@ def test_the_loop_is_one_mlflow_parent_run_with_its_steps_nested(looped):
 
 
 def test_the_champion_alias_works_wherever_a_model_is_named(looped, tmp_path):
-    _, folder, uri, world = looped
+    _, folder, uri, world, _ = looped
     code = main(["eval", "--model", f"teacher={world.teacher_dir}", "--model", "champion=models:/kdh-default@champion",
                  "--limit", "4", "--tracking-uri", uri, "--out", str(tmp_path)])
     assert code == 0
@@ -68,7 +94,7 @@ def test_the_champion_alias_works_wherever_a_model_is_named(looped, tmp_path):
 
 
 def test_promotion_needs_a_passing_gate_and_rolls_back(looped, lenient_suite, tmp_path, capsys):
-    _, folder, uri, world = looped
+    _, folder, uri, world, _ = looped
     common = ["--suite", str(lenient_suite), "--tracking-uri", uri]
     assert main(["promote", "--rollback", *common]) == 2  # v1 was the first champion
     assert "first champion" in capsys.readouterr().err
@@ -101,15 +127,16 @@ def test_bad_input_found_inside_a_loops_distillation_exits_2_and_a_failure_3(tin
     still bad input and its DistillError a failure while running: the codes `kdh distill` gives."""
     from distiller import trainer
     from harness import loop, tracking
-    from harness.cli import default_suite, open_suite
     from harness.errors import EXIT_BAD_INPUT, EXIT_RUNTIME, KdhError
+    from harness.inputs import open_suite
 
     tracking.connect(f"sqlite:///{tmp_path / 'm.db'}")
-    suite = open_suite(str(default_suite()))
+    suite = open_suite(None)
     teacher = ModelRef("teacher", str(tiny_world.teacher_dir))
-    args = (suite, teacher, str(tiny_world.cross_student_dir), tmp_path / "scorecard.json", loop.LoopSettings(steps=2))
+    ratios = {d.name: 1.5 for d in suite.domains}  # as a scorecard's gaps give them
+    args = (suite, teacher, str(tiny_world.cross_student_dir), ratios, loop.LoopSettings(steps=2))
     with pytest.raises(KdhError, match="tokenizers differ") as raised:  # the real distiller's check
-        loop._distill_round(*args, tmp_path / "distill", 1)
+        loop.distill_round(*args, tmp_path / "distill", 1)
     assert raised.value.exit_code == EXIT_BAD_INPUT
 
     def diverge(*_, **__):
@@ -117,5 +144,5 @@ def test_bad_input_found_inside_a_loops_distillation_exits_2_and_a_failure_3(tin
 
     monkeypatch.setattr(trainer, "distill", diverge)
     with pytest.raises(KdhError, match="nan") as raised:
-        loop._distill_round(*args, tmp_path / "distill-2", 1)
+        loop.distill_round(*args, tmp_path / "distill-2", 1)
     assert raised.value.exit_code == EXIT_RUNTIME

@@ -11,15 +11,8 @@ from safetensors.torch import load_file, save_file
 from harness import home, tracking
 from harness.errors import BadInput, RuntimeFailure
 from harness.models import ModelRef, fingerprint
-from harness.promotion import (
-    HISTORY_COLUMNS,
-    champion_version,
-    history,
-    promote,
-    registered_name,
-    resolve,
-    rollback,
-)
+from harness.model_uris import resolve
+from harness.promotion import HISTORY_COLUMNS, champion_version, history, promote, registered_name, rollback
 
 
 @pytest.fixture
@@ -254,9 +247,9 @@ def test_a_write_conflict_is_retried_then_reported_in_kdh_words(experiment, vari
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from harness import promotion
+    from harness import registry_calls
 
-    monkeypatch.setattr(promotion, "BACKOFF_S", 0.001)
+    monkeypatch.setattr(registry_calls, "BACKOFF_S", 0.001)
     real = MlflowClient.set_registered_model_alias
     calls = []
     conflict = MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: registered_model_aliases.name",
@@ -276,7 +269,7 @@ def test_a_write_conflict_is_retried_then_reported_in_kdh_words(experiment, vari
     failures = 10**6
     with pytest.raises(RuntimeFailure) as caught:
         promote_in_run(experiment, b, name)
-    assert len(calls) == promotion.ATTEMPTS
+    assert len(calls) == registry_calls.ATTEMPTS
     message = str(caught.value)
     assert "kept refusing it after" in message and "kdh promote --list" in message
     assert not any(raw in message for raw in ("IntegrityError", "sqlite3", "UNIQUE"))

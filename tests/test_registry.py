@@ -151,6 +151,7 @@ def test_cli_validate_exit_codes(write_suite, capsys):
     assert str(bad) in err and "thresholds.min_retention" in err
 
 
+@pytest.mark.slow
 def test_unknown_builtin_task_is_named(write_suite):
     from harness.registry import check_builtin_tasks
 

@@ -87,6 +87,7 @@ def reached(point: str, out: Path, output: Output, started: float) -> bool:
     return output.step() >= int(point.split("-")[1])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("point", POINTS)
 def test_a_distillation_killed_at_any_point_resumes_to_the_same_student(uninterrupted, tmp_path, point):
     reference, _ = uninterrupted
@@ -123,6 +124,7 @@ def test_a_diverging_loss_stops_with_exit_3_and_keeps_the_last_good_checkpoint(t
     assert run.info.status == "FAILED" and "became n" in run.data.tags["kdh.error"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM])  # SIGKILL mid-run: the kill-and-resume test above
 def test_a_loop_stopped_mid_way_promotes_nothing_and_finishes_no_run(tiny_world, lenient_suite, tmp_path, sig):
     uri = f"sqlite:///{tmp_path / 'm.db'}"

@@ -27,12 +27,13 @@ from servers import (
     suite_copy,
 )
 
-from harness import promotion, tracking
+from harness import model_uris, promotion, tracking
 from harness.errors import BadInput
 from harness.models import ModelRef, fingerprint
 
 ROUNDS = 20
-pytestmark = pytest.mark.usefixtures("own_tracking_uri")  # the servers here stop; the URI must not outlive them
+# The servers here stop: the tracking URI must not outlive them.
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_tracking_uri")]
 
 
 def fp(folder) -> str:
@@ -84,7 +85,7 @@ def test_the_loop_promotes_its_candidate_and_the_champion_downloads_through_the_
     assert distill.data.tags["kdh.kind"] == "distill"
     assert v1.tags["kdh.fingerprint"] == fp(candidate)
     # After the second promotion and the rollback, the alias is back on the loop's candidate.
-    local = promotion.resolve("models:/kdh-default@champion")
+    local = model_uris.resolve("models:/kdh-default@champion")
     assert local.endswith(os.path.join("models", "kdh-default", "1")) and fp(local) == fp(candidate)
     stored = list(server.artifacts.rglob("student/*.safetensors"))  # where the server keeps them
     assert stored and any(fp(path.parent) == fp(candidate) for path in stored)
@@ -168,7 +169,7 @@ def test_promote_names_the_run_that_holds_the_files(team_server, tiny_world, tmp
         assert promoted["version"] == version and promoted["run_id"] == distill.info.run_id
         stored = MlflowClient().get_model_version("kdh-team-direct", str(version))
         assert stored.run_id == distill.info.run_id and stored.source == source
-    assert fp(promotion.resolve("models:/kdh-team-direct@champion")) == fp(folder)
+    assert fp(model_uris.resolve("models:/kdh-team-direct@champion")) == fp(folder)
 
 
 def test_four_concurrent_writers_lose_no_run_and_no_metric(team_server, tiny_world, tmp_path):

@@ -27,11 +27,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import console
 from harness.demo import corpus as corpus_module, items as items_module
 from harness.demo.checks import encode_texts, evaluate_models
 from harness.demo.corpus import DOMAINS, _unit_hash, build_corpus, corpus_fingerprint
 from harness.demo.items import build_mc_items
-from harness.atomic import temp_prefix, write_atomic_folder
+from distiller.files import temp_prefix, write_atomic_folder
 from harness.home import configure_environment
 
 RECIPE_VERSION = 2  # bump when code changes what a recipe builds (2: the cross-vocabulary student)
@@ -188,7 +189,7 @@ def _locked(path: Path):
 
 def _say(progress: bool, message: str) -> None:
     if progress:
-        print(f"[kdh demo] {message}", file=sys.stderr, flush=True)
+        console.note(f"[kdh demo] {message}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -325,8 +326,6 @@ def train_model(model, streams: dict, hp: dict, block_size: int, desc: str, prog
     window from a domain drawn from the model's mixture."""
     import torch
     import torch.nn.functional as F
-    from tqdm.auto import tqdm
-
     generator = torch.Generator().manual_seed(hp["seed"])
     mixture = {d: len(streams[d]) for d in DOMAINS} if hp["mixture"] == _NATURAL else hp["mixture"]
     domains = [d for d in DOMAINS if mixture[d] > 0]
@@ -344,8 +343,7 @@ def train_model(model, streams: dict, hp: dict, block_size: int, desc: str, prog
 
     model.train()
     started, tokens, smooth_loss = time.time(), 0, None
-    bar = tqdm(range(hp["steps"]), desc=desc, disable=not progress, leave=True, dynamic_ncols=True,
-               mininterval=0.1 if sys.stderr.isatty() else 15)  # a CI log gets a line now and then
+    bar = console.bar(range(hp["steps"]), desc=desc, disable=not progress, leave=True)
     for step in bar:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)

@@ -1,0 +1,113 @@
+"""What a distillation run is told: the one home of its settings and their defaults.
+
+``DistillConfig`` holds plain values and checks them when it is made, so a wrong setting is an
+``InputError`` before a model is loaded. The ``--kd`` modes and which pairs of tokenizers each
+accepts live here too: a command line can refuse a wrong pairing before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from distiller.ddk import ALPHA, MIXTURES
+from distiller.errors import InputError
+
+KD_MODES = ("kd", "dskd", "dskd-cma", "uld")
+ACROSS_TOKENIZERS = ("dskd-cma", "uld")  # the modes that take two vocabularies
+# kd: DDK's γ in CE + γ·KD (Eq. 3); the others: DSKD's w in (1 − w)·CE + w·KD (docs/distillation.md).
+DEFAULT_KD_WEIGHT = {"kd": 0.2, "dskd": 0.5, "dskd-cma": 0.5, "uld": 0.5}
+PRECISIONS = ("no", "bf16", "fp16")
+
+
+@dataclass
+class DistillConfig:
+    teacher: str
+    student: str
+    output_dir: str
+    steps: int = 300
+    batch_size: int = 8  # rows per process and step
+    block_size: int = 256  # tokens per row (capped by the models' context)
+    lr: float = 2e-3
+    min_lr: float = 2e-4
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    kd: str = "kd"  # kd | dskd | dskd-cma | uld
+    kd_weight: float | None = None  # None: the mode's DEFAULT_KD_WEIGHT; 0 is continued pre-training (CPT)
+    projector_lr: float = 1e-3  # DSKD's projectors (dskd, dskd-cma)
+    temperature: float = 1.0
+    divergence: str = "forward_kl"
+    mixture: str = "ddk"  # ddk | ddk-no-smoothing | uniform | natural | fixed:code=0.5,…
+    alpha: float = ALPHA  # Eq. 2's smoothing
+    interval: int = 50  # K: steps between mixture updates
+    val_blocks: int = 32  # validation blocks per domain for the perplexities
+    # The ratios ℓ_S/ℓ_T the first mixture is made from (e.g. a scorecard's gaps); None: measured.
+    initial_ratios: dict[str, float] | None = field(default=None)
+    save_every: int = 100
+    keep_checkpoints: int = 2
+    resume: bool = False
+    seed: int = 0
+    chunk_size: int = 256  # positions per chunk of the fused head + divergence (bench/loss_memory.py)
+    mixed_precision: str = "no"  # "bf16" where the device supports it
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self):
+        from distiller.losses import DIVERGENCES  # here, so that a command line's start-up needs no torch
+
+        if self.kd not in KD_MODES:
+            raise InputError(f"unknown --kd {self.kd!r}; choose one of {', '.join(KD_MODES)}")
+        if self.kd_weight is None:
+            self.kd_weight = DEFAULT_KD_WEIGHT[self.kd]
+        counts = {"steps": self.steps, "batch_size": self.batch_size, "block_size": self.block_size,
+                  "interval": self.interval, "val_blocks": self.val_blocks, "save_every": self.save_every,
+                  "log_every": self.log_every, "chunk_size": self.chunk_size}
+        for name, value in counts.items():
+            if not (isinstance(value, int) and value >= 1):
+                raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
+        for name in ("lr", "min_lr", "projector_lr", "temperature", "grad_clip"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise InputError(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if not (math.isfinite(self.kd_weight) and self.kd_weight >= 0):
+            raise InputError(f"--kd-weight must be a finite number >= 0, got {self.kd_weight!r}")
+        if self.kd != "kd" and self.kd_weight > 1:  # (1 − w)·CE: a w above 1 would train against the labels
+            raise InputError(f"--kd {self.kd} weighs (1 − w)·CE + w·KD: --kd-weight must be in [0, 1], "
+                             f"got {self.kd_weight}")
+        if self.divergence not in DIVERGENCES:
+            raise InputError(f"unknown --divergence {self.divergence!r}; choose one of {', '.join(DIVERGENCES)}")
+        if self.mixture.split(":", 1)[0].strip() not in MIXTURES:
+            raise InputError(f"unknown --mixture {self.mixture!r}; choose one of {', '.join(MIXTURES[:-1])} "
+                             "or fixed:<domain>=<weight>,…")
+        if self.mixed_precision not in PRECISIONS:
+            raise InputError(f"--mixed-precision {self.mixed_precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
+        if self.initial_ratios is not None:
+            bad = {d: r for d, r in self.initial_ratios.items() if not (math.isfinite(r) and r > 0)}
+            if bad or not self.initial_ratios:
+                raise InputError(f"initial ratios must be finite and > 0 for every domain, got {self.initial_ratios}")
+
+
+def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:
+    return teacher_tokenizer.get_vocab() == student_tokenizer.get_vocab()
+
+
+def check_mode(kd: str, kd_weight: float, same_vocab: bool, sizes: tuple[int, int]) -> None:
+    """InputError for a mode that cannot take this pair; CPT (kd_weight 0) takes any."""
+    if not same_vocab and kd not in ACROSS_TOKENIZERS and kd_weight != 0:
+        raise InputError(
+            f"the teacher's and the student's tokenizers differ (vocabularies of {sizes[0]} and {sizes[1]} tokens); "
+            f"--kd {kd} compares distributions over one vocabulary. Modes that accept different tokenizers: "
+            f"{', '.join(ACROSS_TOKENIZERS)} (or --kd-weight 0: continued pre-training, no teacher signal)")
+
+
+def check_pair(teacher: str, student: str, kd: str, kd_weight: float) -> None:
+    """``check_mode`` from the two model folders' tokenizers alone: a cheap check before a run starts."""
+    from transformers import AutoTokenizer
+
+    try:
+        teacher_tok, student_tok = AutoTokenizer.from_pretrained(teacher), AutoTokenizer.from_pretrained(student)
+    except (OSError, ValueError, TypeError) as err:
+        raise InputError(f"cannot read the tokenizers of {teacher} and {student}: {err}") from None
+    check_mode(kd, kd_weight, same_vocabulary(teacher_tok, student_tok), (len(teacher_tok), len(student_tok)))

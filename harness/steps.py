@@ -1,0 +1,185 @@
+"""The steps every verb is made of: evaluate, gate, distil; and the two look-ups that connect them.
+
+Each step runs under its own MLflow run (``kdh.kind`` eval, gate or distill), nested when a parent
+(the loop's) is active, and ends FINISHED only if it completed. Scoring goes through the result
+cache, so a teacher that has not changed is scored once. ``kdh eval``, ``kdh gate``, ``kdh distill``,
+``kdh loop`` and the pytest plugin call these functions; none of them knows about another verb.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pandas as pd
+
+from harness import console, home, tracking
+from harness.console import note
+from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput, RuntimeFailure, ValidationFailed
+from harness.gate import Verdict, decide
+from harness.models import ModelRef
+from harness.registry import Suite
+from harness.report import junit_xml, markdown_summary
+from harness.scorecard import Scorecard
+from harness.scoring import ScoringOptions, score_suite
+from harness.validation import validate_scorecard
+
+# --------------------------------------------------------------------------------------------
+# Evaluate
+
+
+def evaluate(suite: Suite, refs: list[ModelRef], options: ScoringOptions, out: Path,
+             name: str) -> tuple[Scorecard, str]:
+    """Score, validate, save and log (a nested ``eval`` run when a parent is active)."""
+    with tracking.tracked_run(suite.name, "eval", name, nested=tracking.active()) as run:
+        scorecard = score_suite(suite, refs, options)
+        validate_scorecard(scorecard, suite)  # raises before anything is logged as a success
+        saved = scorecard.save(out)
+        tracking.log_evaluation(scorecard, suite, saved)
+    return scorecard, run.info.run_id
+
+
+def cached_note(scorecard: Scorecard) -> str:
+    return ", ".join(f"{m} {'from the cache' if p.get('cached') else 'scored'}" for m, p in scorecard.models.items())
+
+
+# --------------------------------------------------------------------------------------------
+# Gate
+
+
+@dataclass
+class GateOutcome:
+    verdict: Verdict
+    scorecard: Scorecard
+    exit_code: int
+    run_id: str
+    out: Path
+
+
+def write_verdict_files(verdict: Verdict, suite: Suite, scorecard: Scorecard | None,
+                        junit: str | None, summary: str | None) -> None:
+    if junit:
+        Path(junit).parent.mkdir(parents=True, exist_ok=True)
+        Path(junit).write_text(junit_xml(verdict, suite.name))
+    if summary:
+        Path(summary).parent.mkdir(parents=True, exist_ok=True)
+        with open(summary, "a") as fh:  # append: $GITHUB_STEP_SUMMARY collects every step's part
+            fh.write(markdown_summary(verdict, suite.name, scorecard))
+
+
+def judge(suite: Suite, scorecard: Scorecard, champion: bool) -> tuple[Verdict, int]:
+    """The verdict and exit code over a scorecard of teacher, candidate (and champion).
+
+    A scorecard that fails validation is not trusted: its failures join the verdict as failing
+    checks, so the gate fails (exit 1) and says why; it can never pass on such evidence."""
+    verdict = decide(suite, scorecard, "candidate", "champion" if champion else None)
+    try:
+        validate_scorecard(scorecard, suite)
+    except ValidationFailed as err:
+        verdict = verdict.with_failures("scorecard", "valid", err.failures)
+    return verdict, EXIT_PASS if verdict.passed else EXIT_GATE_FAILED
+
+
+def gate(suite: Suite, teacher: ModelRef, candidate: ModelRef, champion: ModelRef | None, options: ScoringOptions,
+         out: Path, junit: str | None = None, summary: str | None = None,
+         scorecard: Scorecard | None = None) -> GateOutcome:
+    """Score teacher, candidate and champion (cached where unchanged), decide, report, log."""
+    import mlflow
+
+    with tracking.tracked_run(suite.name, "gate", f"gate {candidate.name}", nested=tracking.active()) as run:
+        if scorecard is None:
+            refs = [replace(teacher, name="teacher"), replace(candidate, name="candidate")]
+            refs += [replace(champion, name="champion")] if champion is not None else []
+            scorecard = score_suite(suite, refs, options)
+            note(f"  scoring: {cached_note(scorecard)}")
+        verdict, code = judge(suite, scorecard, champion is not None or "champion" in scorecard.model_names)
+        saved = scorecard.save(out)
+        verdict.rows.to_csv(out / "verdict.csv", index=False)
+        write_verdict_files(verdict, suite, scorecard, junit, summary)
+        mlflow.log_params({"suite": suite.name, "candidate.source": candidate.source,
+                           "champion.source": champion.source if champion else "",
+                           **{f"{m}.fingerprint": p.get("fingerprint", "") for m, p in scorecard.models.items()}})
+        for path in (*saved.values(), out / "verdict.csv"):
+            mlflow.log_artifact(str(path))
+        mlflow.log_table(verdict.rows, artifact_file="tables/verdict.json")
+        mlflow.log_table(scorecard.domains, artifact_file="tables/domains.json")
+        mlflow.log_metrics({"gate/passed": float(verdict.passed), "gate/failures": float(len(verdict.failures))})
+        mlflow.set_tags({"kdh.verdict": "pass" if verdict.passed else "fail",
+                         "kdh.failing_domains": ",".join(verdict.failing_domains)})
+    return GateOutcome(verdict, scorecard, code, run.info.run_id, out)
+
+
+def passing_gate_run(suite_name: str, candidate_fingerprint: str) -> str | None:
+    """The newest gate run that passed this exact candidate (by fingerprint), if any."""
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=[f"kdh/{suite_name}"], output_format="list",
+                              filter_string=f"tags.`{tracking.KIND_TAG}` = 'gate' and tags.`kdh.verdict` = 'pass' "
+                                            "and attributes.status = 'FINISHED' "
+                                            f"and params.`candidate.fingerprint` = '{candidate_fingerprint}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+# --------------------------------------------------------------------------------------------
+# Distil
+
+
+@dataclass
+class DistillOutcome:
+    result: object  # distiller.trainer.DistillResult
+    run_id: str  # the distill run that holds the student
+    source_uri: str  # the student's files in that run (what a promotion registers)
+
+
+def distill_domains(suite: Suite) -> dict[str, tuple[Path, Path]]:
+    """Each domain's (train, validation) files, or bad input naming the domains that lack them."""
+    missing = [d.name for d in suite.domains if d.train is None or d.validation is None]
+    if missing:
+        raise BadInput(f"{suite.path}: domain(s) {', '.join(missing)} need `train:` and `validation:` files to distil")
+    return {d.name: (d.train, d.validation) for d in suite.domains}
+
+
+@contextmanager
+def distill_errors():
+    """The distiller's errors as kdh's: its InputError is bad input (exit 2: a tokenizer mismatch, a
+    setting out of range, unreadable data), its DistillError a failure while running (exit 3). Any
+    other exception is a bug and stays one."""
+    from distiller.errors import DistillError, InputError
+
+    try:
+        yield
+    except InputError as err:
+        raise BadInput(str(err)) from err
+    except DistillError as err:
+        raise RuntimeFailure(str(err)) from err
+
+
+def distill(suite: Suite, config, run_name: str, params: dict | None = None) -> DistillOutcome:
+    """DDK distillation of ``config`` over the suite's domains, under a ``distill`` run (nested
+    when a parent is active) that holds the settings, the mixture's history and the student."""
+    import mlflow
+
+    from distiller import trainer
+
+    domains = distill_domains(suite)
+    with tracking.tracked_run(suite.name, "distill", run_name, nested=tracking.active()) as run:
+        mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name, **(params or {})})
+        with distill_errors():
+            result = trainer.distill(config, domains, progress_stream=console.progress_stream())
+        mlflow.log_table(pd.DataFrame(result.history), artifact_file="tables/ddk_history.json")
+        mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "ddk_seconds": result.ddk_seconds,
+                            "setup_seconds": result.setup_seconds, "seconds": result.seconds,
+                            "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})
+        mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
+        mlflow.set_tag("kdh.student_dir", str(result.student_dir))
+    return DistillOutcome(result, run.info.run_id, f"{run.info.artifact_uri.rstrip('/')}/student")
+
+
+def newest_student(suite: Suite) -> Path | None:
+    """The newest student a `kdh distill` or `kdh loop` wrote for this suite (what `kdh gate` checks
+    by default)."""
+    found = [p for pattern in (f"distill/{suite.name}-*/student", f"loop/{suite.name}-*/round-*/distill/student")
+             for p in home.kdh_home().glob(pattern) if (p / "config.json").is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
