@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import pytest
-from safetensors.torch import load_file, save_file
+from servers import model_variants
 
 from harness import home, tracking
 from harness.errors import BadInput, RuntimeFailure
@@ -32,15 +30,7 @@ def variants(tiny_world, tmp_path):
     """``variants(n)``: n copies of the tiny student, each with different weights."""
 
     def make(n: int) -> list:
-        folders = []
-        for i in range(n):
-            folder = shutil.copytree(tiny_world.student_dir, tmp_path / f"student-{i}")
-            weights = next(folder.glob("*.safetensors"))
-            tensors = load_file(weights)
-            key = min(tensors)
-            tensors[key] = tensors[key] + 0.01 * (i + 1)
-            save_file(tensors, weights, metadata={"format": "pt"})
-            folders.append(folder)
+        folders = model_variants(tiny_world.student_dir, tmp_path, n)
         assert len({fp(f) for f in folders}) == n
         return folders
 
