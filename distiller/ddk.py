@@ -236,7 +236,7 @@ class MixtureState:
     def update(self, mixture: Mixture, student: Mapping[str, float], step: int) -> None:
         """Every K steps: the student's new measurement → ratios → the next weights (Eq. 2, or the
         baseline's rule)."""
-        self.ratios = {d: student[d] / self.teacher[d] for d in self.teacher}
+        self.ratios = ratios_from_perplexities(student, self.teacher)
         self.factor = mixture.update(self.factor, self.ratios)
         self.weights = self.factor
         self.history.append({"step": step, **self.flat()})

@@ -26,7 +26,7 @@ import torch
 from distiller import checkpoint as ckpt
 from distiller.config import DistillConfig, check_mode, same_vocabulary
 from distiller.data import DomainSampler
-from distiller.ddk import Mixture, MixtureState
+from distiller.ddk import Mixture, MixtureState, ratios_from_perplexities
 from distiller.errors import DistillError, InputError
 from distiller.files import write_atomic_folder
 from distiller.sources import domain_data
@@ -112,7 +112,8 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]], progre
         start_step, ddk = _resume(*resumed, unwrapped, optimizer, scheduler, sampler, projectors)
     else:
         start_step, teacher_loss = 0, data.measure(models.teacher, models.teacher_tokenizer)
-        ratios = config.initial_ratios or _ratios(data.measure(student, models.tokenizer), teacher_loss)
+        ratios = config.initial_ratios or ratios_from_perplexities(
+            data.measure(student, models.tokenizer), teacher_loss)
         ddk = MixtureState.start(mixture, _covering(ratios, domains), teacher_loss, data.natural)
         _log_mixture(accelerator, 0, ddk)
     sampler.set_weights(ddk.weights)
@@ -195,10 +196,6 @@ def _optimizer(config: DistillConfig, student, projectors):
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
 
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def _ratios(student: dict[str, float], teacher: dict[str, float]) -> dict[str, float]:
-    return {d: student[d] / teacher[d] for d in teacher}
 
 
 def _covering(ratios: dict[str, float], domains) -> dict[str, float]:

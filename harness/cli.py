@@ -313,7 +313,8 @@ def _run(args, log: Path | None) -> int:
         console.note("kdh: interrupted")
         return EXIT_RUNTIME
     except Exception as err:  # a failure while running: say what; the traceback goes to the log (or -v)
-        traceback.print_exc()
+        if log is not None or args.verbose:
+            traceback.print_exc()
         message = redact(f"{type(err).__name__}: {err}")
         if "database is locked" in message:  # SQLite takes one writer at a time
             message = ("the local MLflow store (SQLite) is busy: another kdh process is writing to it. Run one "

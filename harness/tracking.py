@@ -125,20 +125,20 @@ def tracked_run(suite_name: str, kind: str, run_name: str, tags: dict | None = N
 
     run = mlflow.start_run(experiment_id=experiment_id(suite_name), run_name=run_name, nested=nested,
                            tags={KIND_TAG: kind, "kdh.suite": suite_name, **(tags or {})})
+    status = "FINISHED"
     try:
         yield run
     except KeyboardInterrupt:
         mlflow.set_tag("kdh.error", "interrupted")
-        _attach_log(nested)
-        mlflow.end_run(status="KILLED")
+        status = "KILLED"
         raise
     except BaseException as err:
         mlflow.set_tag("kdh.error", f"{type(err).__name__}: {err}"[:5000])
-        _attach_log(nested)
-        mlflow.end_run(status="FAILED")
+        status = "FAILED"
         raise
-    _attach_log(nested)
-    mlflow.end_run(status="FINISHED")
+    finally:
+        _attach_log(nested)
+        mlflow.end_run(status=status)
 
 
 def _attach_log(nested: bool) -> None:
