@@ -1,7 +1,6 @@
 """Real servers for the tests, loaded as a pytest plugin (tests/conftest.py): a PostgreSQL cluster
 in a temporary folder and a real ``mlflow server`` on it that proxies artifacts, the team setup of
-docs/deployment.md. Both start once per session, on free loopback ports, and stop at its end (a
-SQLite-backed ``mlflow server``, ``sqlite_server``, once per module that uses it).
+docs/deployment.md. Both start once per session, on free loopback ports, and stop at its end.
 
 PostgreSQL comes from the Debian ``postgresql`` package's binaries (``/usr/lib/postgresql/N/bin``;
 ``.ci/run`` installs it when missing). ``initdb`` and ``pg_ctl`` refuse to run as root, so under
@@ -198,15 +197,6 @@ def team_server(postgres, tmp_path_factory):
     artifacts = folder / "artifacts"
     with start_mlflow_server(postgres.uri(), folder, "--serve-artifacts", "--artifacts-destination", str(artifacts)) as (port, log):
         yield TeamServer(f"http://kdh:{SECRET}@127.0.0.1:{port}", port, artifacts, log)
-
-
-@pytest.fixture(scope="module")
-def sqlite_server(tmp_path_factory):
-    """A real ``mlflow server`` with SQLite behind it and a local artifact root (one per module that uses it)."""
-    folder = tmp_path_factory.mktemp("sqlite-server")
-    with start_mlflow_server(f"sqlite:///{folder / 'mlflow.db'}", folder,
-                             "--default-artifact-root", (folder / "art").as_uri()) as (port, _):
-        yield f"http://kdh:{SECRET}@127.0.0.1:{port}", port
 
 
 @pytest.fixture(scope="module")

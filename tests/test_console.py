@@ -4,13 +4,13 @@ terminal."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 
 # What other libraries print: log records, git's complaint outside a repository, and the progress
 # bars of transformers, datasets and lm-eval. kdh's own bars are "scoring" and "distill".
@@ -53,10 +53,17 @@ def test_descriptors_go_to_the_log_and_kdh_lines_to_the_terminal(tmp_path):
         assert line in log
 
 
-@pytest.mark.slow
-def test_verbose_shows_the_libraries_output(tiny_world, tmp_path):
-    done = subprocess.run([sys.executable, "-m", "harness.cli", "-v", "eval", "--limit", "2", "--no-cache",
-                           "--out", str(tmp_path / "eval"), "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert library_lines(done.stderr), "with -v the libraries' output stays on the console"
+def test_verbose_shows_the_libraries_output_and_quiet_keeps_it_in_the_log(tiny_world, tmp_path):
+    """A new MLflow store makes MLflow log its table creation: on the console with -v only."""
+    def run(*flags: str, store: str):
+        return subprocess.run([sys.executable, "-m", "harness.cli", *flags, "promote", "--list", "--tracking-uri",
+                               f"sqlite:///{tmp_path / store}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600)
+
+    verbose, quiet = run("-v", store="verbose.db"), run(store="quiet.db")
+    assert verbose.returncode == 0 and quiet.returncode == 0, verbose.stderr[-3000:] + quiet.stderr[-3000:]
+    assert library_lines(verbose.stderr), "with -v the libraries' output stays on the console"
+    assert library_lines(quiet.stdout + quiet.stderr) == []
+    assert "version" in quiet.stdout  # kdh's own table
+    log = max((Path(os.environ["KDH_HOME"]) / "logs").glob("promote-*.log"), key=lambda p: p.stat().st_mtime)
+    assert "Creating initial MLflow database tables" in log.read_text()
