@@ -1,7 +1,9 @@
 """Domain data for distillation, and the weighted domain sampler DDK draws batches with.
 
 Each domain's train texts become one GPT-style token stream (EOS before every document) cut into
-fixed blocks of ``block_size + 1`` tokens: inputs ``block[:-1]``, labels ``block[1:]``.
+fixed blocks of ``block_size + 1`` tokens: inputs ``block[:-1]``, labels ``block[1:]``. Training
+reads them from the token store (distiller/store.py); ``pack_blocks`` packs a small held-out set in
+memory the same way (the benches' test sets, and the reference the store is tested against).
 
 The sampler follows the paper (docs/distillation.md, sampling): each row's domain is drawn with the current
 DDK weights, and a domain's blocks are read in a shuffled order that starts again, reshuffled, once
@@ -105,7 +107,7 @@ class DomainSampler:
     ``blocks`` dict in. Under data parallelism every rank holds the same sampler and the same
     weights (set them from values every rank agrees on, e.g. all-reduced perplexities)."""
 
-    def __init__(self, blocks: Mapping[str, torch.Tensor], weights: Mapping[str, float], seed: int):
+    def __init__(self, blocks: Mapping[str, object], weights: Mapping[str, float], seed: int, collate=torch.stack):
         if not blocks:
             raise ValueError("the sampler needs at least one domain")
         shapes = {d: tuple(b.shape) for d, b in blocks.items()}
@@ -114,6 +116,7 @@ class DomainSampler:
         self.domains = tuple(sorted(blocks))
         self.blocks = {d: blocks[d] for d in self.domains}
         self.seed = int(seed)
+        self.collate = collate  # a batch from the drawn rows (paired rows pad theirs: distiller/pairs.py)
         self.batches_drawn = 0  # the draw counter: batch k's domains come from (seed, k)
         self.cursor = {d: 0 for d in self.domains}  # next position in the domain's permutation
         self.epoch = {d: 0 for d in self.domains}  # how many times the domain was read through
@@ -173,7 +176,7 @@ class DomainSampler:
             self._counts[domain] += 1
         self.batches_drawn += 1
         mine = picks[rank * batch_size: (rank + 1) * batch_size]
-        rows = torch.stack([self.blocks[d][j] for d, j in mine])
+        rows = self.collate([self.blocks[d][j] for d, j in mine])
         return rows, [d for d, _ in mine]
 
     def state_dict(self) -> dict:

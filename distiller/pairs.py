@@ -1,77 +1,84 @@
 """Rows that carry two tokenizations of one text, for a teacher and a student with different tokenizers.
 
-The student's token stream is cut into blocks exactly as ``data.pack_blocks`` cuts it; the text of
-each block (found through the tokenizer's character offsets) is tokenized again by the teacher. One
-sampler row holds both: the student's ``block_size + 1`` ids, then the teacher's ids of the same
-text, padded with ``PAD`` to one width for every domain. ``DomainSampler`` draws whole rows, so its
-seeded order and its resumable state are exactly those of the one-tokenizer loop.
+The token store holds the student's tokens (distiller/store.py); a row is made when the sampler
+draws it. The student's block is split at its end-of-text ids; each run of tokens between them is
+decoded back to its text (the byte-level BPE and sentencepiece tokenizers kdh meets decode
+losslessly, apart from a character whose bytes a block boundary splits) and tokenized by the
+teacher as one piece, and each end-of-text becomes the teacher's. One row holds both: the student's
+``block_size + 1`` ids, then the teacher's ids of the same text; ``collate`` pads a batch's teacher
+parts with ``PAD`` to the longest. ``DomainSampler`` draws whole rows, so its seeded order and its
+resumable state are exactly those of the one-tokenizer loop.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-from distiller.data import count_blocks, fast_backend
+from distiller.data import fast_backend
 from distiller.errors import InputError
+
+log = logging.getLogger(__name__)
 
 PAD = -1  # a teacher position with no token, in the sampler's rows
 
 
-def pack_pairs(texts: list[str], student_tokenizer, teacher_tokenizer, block_size: int, *,
-               domain: str = "") -> tuple[torch.Tensor, list[list[int]]]:
-    """(student blocks [n, block_size + 1] as ``pack_blocks`` makes them, the teacher's ids of each
-    block's text). A block's EOS positions become the teacher's EOS; the text between is cut at the
-    student's token boundaries and tokenized by the teacher as one piece."""
+def teacher_ids(block: list[int], student_tokenizer, teacher_tokenizer) -> list[int]:
+    """The teacher's tokens of the text of one student block (end-of-text ids kept as the teacher's)."""
     s_eos, t_eos = student_tokenizer.eos_token_id, teacher_tokenizer.eos_token_id
-    if s_eos is None or t_eos is None:
-        raise InputError("both tokenizers need an end-of-text token to separate documents")
-    stream: list[int] = []
-    spans: list[tuple[int, int, int]] = []  # per token: (document, first char, end char); document -1 for EOS
-    encodings = fast_backend(student_tokenizer, "student").encode_batch(texts, add_special_tokens=False)
-    for doc, encoding in enumerate(encodings):
-        stream.append(s_eos)
-        spans.append((-1, 0, 0))
-        stream += encoding.ids
-        spans += [(doc, start, end) for start, end in encoding.offsets]
-    width = block_size + 1
-    n_blocks = count_blocks(len(stream), block_size, len(texts), domain)
-
-    # Each block as segments: EOS, or a run of one document's tokens → that document's text.
-    blocks: list[list[int | str]] = []
-    for b in range(n_blocks):
-        segments: list[int | str] = []
-        run: list[tuple[int, int, int]] = []
-        for doc, start, end in spans[b * width:(b + 1) * width] + [(-1, 0, 0)]:  # a sentinel EOS ends the last run
-            if run and doc != run[0][0]:
-                segments.append(texts[run[0][0]][run[0][1]:max(e for _, _, e in run)])
-                run = []
-            if doc == -1:
-                segments.append(t_eos)
-            else:
-                run.append((doc, start, end))
-        blocks.append(segments[:-1])  # without the sentinel's EOS
-    pieces = [s for segments in blocks for s in segments if isinstance(s, str)]
-    teacher_backend = fast_backend(teacher_tokenizer, "teacher")
-    encoded = iter(e.ids for e in teacher_backend.encode_batch(pieces, add_special_tokens=False))
-    teacher = [[i for s in segments for i in ([s] if isinstance(s, int) else next(encoded))] for segments in blocks]
-    return torch.tensor(stream[: n_blocks * width], dtype=torch.long).view(n_blocks, width), teacher
+    segments: list[int | list[int]] = []
+    for token in block:
+        if token == s_eos:
+            segments.append(t_eos)
+        elif segments and isinstance(segments[-1], list):
+            segments[-1].append(token)
+        else:
+            segments.append([token])
+    runs = [s for s in segments if isinstance(s, list)]
+    texts = [student_tokenizer.decode(run, clean_up_tokenization_spaces=False) for run in runs]
+    encoded = iter(e.ids for e in fast_backend(teacher_tokenizer, "teacher").encode_batch(texts, add_special_tokens=False))
+    return [i for s in segments for i in ([s] if isinstance(s, int) else next(encoded))]
 
 
-def pair_rows(pairs: dict[str, tuple[torch.Tensor, list[list[int]]]],
-              teacher_context: int) -> tuple[dict[str, torch.Tensor], int]:
-    """Sampler rows per domain: the student's block, then the teacher's ids padded with PAD to one
-    width for every domain (at most teacher_context + 1, the teacher's window plus its last label).
-    Returns (rows, how many teacher sequences had to be cut to fit)."""
-    longest = max(len(ids) for _, teacher in pairs.values() for ids in teacher)
-    width = max(2, min(longest, teacher_context + 1))
-    rows, cut = {}, 0
-    for domain, (student, teacher) in pairs.items():
-        padded = torch.full((len(teacher), width), PAD, dtype=torch.long)
-        for i, ids in enumerate(teacher):
-            cut += len(ids) > width
-            padded[i, : min(len(ids), width)] = torch.tensor(ids[:width], dtype=torch.long)
-        rows[domain] = torch.cat([student, padded], dim=1)
-    return rows, cut
+class PairedBlocks:
+    """The student's blocks, each with the teacher's tokens of its text: ``rows[i]`` is one
+    LongTensor, the student's ``width`` ids then the teacher's (at most ``teacher_context + 1``)."""
+
+    def __init__(self, blocks, student_tokenizer, teacher_tokenizer, teacher_context: int):
+        if student_tokenizer.eos_token_id is None or teacher_tokenizer.eos_token_id is None:
+            raise InputError("both tokenizers need an end-of-text token to separate documents")
+        fast_backend(student_tokenizer, "student")
+        fast_backend(teacher_tokenizer, "teacher")
+        self.blocks, self.student, self.teacher = blocks, student_tokenizer, teacher_tokenizer
+        self.limit = teacher_context + 1  # the teacher's window plus its last label
+        self.cut = 0  # rows whose teacher tokens were longer than the teacher's context
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.blocks.shape
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        block = self.blocks[index]
+        ids = teacher_ids(block.tolist(), self.student, self.teacher)
+        if len(ids) > self.limit:
+            if not self.cut:
+                log.warning("a teacher sequence was longer than the teacher's context (%d) and was cut", self.limit - 1)
+            self.cut += 1
+            ids = ids[:self.limit]
+        return torch.cat([block, torch.tensor(ids, dtype=torch.long)])
+
+
+def collate(rows: list[torch.Tensor], student_width: int) -> torch.Tensor:
+    """One batch of paired rows: the teacher parts padded with PAD to the longest (at least 2)."""
+    width = max(2, max(len(r) - student_width for r in rows))
+    out = torch.full((len(rows), student_width + width), PAD, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
 
 
 def split_rows(rows: torch.Tensor, student_width: int, teacher_pad_id: int, ignore_index: int = -100):

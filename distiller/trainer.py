@@ -30,6 +30,7 @@ from distiller.ddk import Mixture, MixtureState, ratios_from_perplexities
 from distiller.errors import DistillError, InputError
 from distiller.files import write_atomic_folder
 from distiller.sources import domain_data
+from distiller.store import TokenStore
 from distiller.step import Step, make_projectors, shared_tokens, sync_gradients
 
 
@@ -75,11 +76,12 @@ def load_models(config: DistillConfig, device) -> Models:
     return Models(student, teacher, tokenizer, teacher_tokenizer, same_vocab, block)
 
 
-def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]], progress_stream=None) -> DistillResult:
-    """Distil ``config.teacher`` into ``config.student`` over ``domains`` (name → (train file,
-    validation file), JSON Lines of {"text"}); the final student goes to ``<output_dir>/student``.
-    The progress bar draws on ``progress_stream`` (default: stderr). Raises InputError for what the
-    caller gave wrong, DistillError when the run breaks.
+def distill(config: DistillConfig, store, domains: list[str] | None = None, progress_stream=None) -> DistillResult:
+    """Distil ``config.teacher`` into ``config.student`` over the ``domains`` (default: all) of a
+    token ``store`` (a ``TokenStore`` or its folder, prepared with the student's tokenizer); the
+    final student goes to ``<output_dir>/student``. The progress bar draws on ``progress_stream``
+    (default: stderr). Raises InputError for what the caller gave wrong, DistillError when the run
+    breaks.
 
     Long on purpose: the whole run in one place, read top to bottom (set-up, the loop, the end)."""
     from accelerate import Accelerator
@@ -91,8 +93,10 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]], progre
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
 
+    store = store if isinstance(store, TokenStore) else TokenStore(Path(store))
+    domains = list(domains or store.domains)
     models = load_models(config, accelerator.device)
-    data = domain_data(domains, models.tokenizer, models.teacher_tokenizer, same_vocab=models.same_vocab,
+    data = domain_data(store, domains, models.tokenizer, models.teacher_tokenizer, same_vocab=models.same_vocab,
                        block=models.block, teacher_context=models.teacher.config.max_position_embeddings,
                        val_blocks=config.val_blocks, accelerator=accelerator, chunk_size=config.chunk_size)
     mixture = replace(Mixture.parse(config.mixture, tuple(domains), natural_sizes=data.natural), alpha=config.alpha)
@@ -104,7 +108,7 @@ def distill(config: DistillConfig, domains: dict[str, tuple[Path, Path]], progre
     optimizer, scheduler = _optimizer(config, models.student, projectors)
     student, optimizer, scheduler = accelerator.prepare(models.student, optimizer, scheduler)
     unwrapped = accelerator.unwrap_model(student)
-    sampler = DomainSampler(data.rows, {d: 1.0 for d in domains}, seed=config.seed)
+    sampler = DomainSampler(data.rows, {d: 1.0 for d in domains}, seed=config.seed, collate=data.collate)
 
     started_setup = time.perf_counter()
     resumed = ckpt.latest_good(output / "checkpoints") if config.resume else None

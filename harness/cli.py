@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 
 from harness import console, home
-from harness.errors import EXIT_RUNTIME, BadInput, KdhError
+from harness.errors import EXIT_RUNTIME, BadInput, KdhError, distill_errors
 from harness.inputs import (DEMO_SIZES, add_verb, demo_world, model_or_demo, model_ref, open_suite, output_folder,
                             scoring_arguments, scoring_options)
 
@@ -130,28 +130,28 @@ def cmd_distill(args) -> int:
 
     from distiller import trainer
     from distiller.config import ACROSS_TOKENIZERS, DistillConfig, check_pair
-    from harness import gaps, model_uris, steps, tracking
+    from harness import corpora, gaps, model_uris, steps, tracking
 
     # Under a multi-process launch, one process tracks. Accelerate enters its multi-CPU mode only
     # when told it runs on the CPU, so say so where there is no GPU.
-    main_process = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    state = PartialState(cpu=not torch.cuda.is_available())
     suite = open_suite(args.suite)
-    domains = steps.distill_domains(suite)
     if bool(args.teacher) != bool(args.student):
         raise BadInput("give both --teacher and --student, or neither for the demo pair")
     if any(str(a).startswith("models:/") for a in (args.teacher, args.student)):
         tracking.connect(args.tracking_uri)  # the registry that names them
     # The cross-vocabulary modes default to the demo student that has its own tokenizer.
     demo_student = "cross_student" if args.kd in ACROSS_TOKENIZERS else "student"
-    teacher = model_uris.resolve(model_or_demo(args.teacher, "teacher", progress=main_process))
-    student = model_uris.resolve(model_or_demo(args.student, demo_student, progress=main_process))
+    teacher = model_uris.resolve(model_or_demo(args.teacher, "teacher", progress=state.is_main_process))
+    student = model_uris.resolve(model_or_demo(args.student, demo_student, progress=state.is_main_process))
     for role, path in (("teacher", teacher), ("student", student)):
         if not (Path(path) / "config.json").is_file():
             raise BadInput(f"--{role} {path}: not a transformers model folder (no config.json)")
     mode = args.mixture.split(':')[0] if args.kd == "kd" else f"{args.kd}-{args.mixture.split(':')[0]}"
     out = output_folder(args.out, "distill", suite.name, mode)
-    with steps.distill_errors():  # InputError: bad input (2); DistillError: a failure while running (3)
-        ratios = gaps.initial_ratios(args.gaps_from, list(domains)) if args.gaps_from else None
+    domains = [d.name for d in suite.domains]
+    with distill_errors():  # InputError: bad input (2); DistillError: a failure while running (3)
+        ratios = gaps.initial_ratios(args.gaps_from, domains) if args.gaps_from else None
         config = DistillConfig(
             teacher=teacher, student=student, output_dir=str(out), steps=args.steps, batch_size=args.batch_size,
             block_size=args.block_size, lr=args.lr, kd=args.kd, kd_weight=args.kd_weight,
@@ -159,12 +159,17 @@ def cmd_distill(args) -> int:
             mixture=args.mixture, interval=args.interval, initial_ratios=ratios, save_every=args.save_every,
             resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision)
         check_pair(teacher, student, args.kd, config.kd_weight)  # e.g. two tokenizers under --kd kd, before a run
-        if not main_process:
-            trainer.distill(config, domains)
+        # One process tokenizes the corpus (or finds it tokenized); the others then find it.
+        store = Path(args.store) if args.store else None
+        if store is None and state.is_main_process:
+            store = corpora.store_for(suite, student).root
+        state.wait_for_everyone()
+        if not state.is_main_process:
+            trainer.distill(config, store or corpora.store_for(suite, student).root, domains)
             return 0
     uri = tracking.connect(args.tracking_uri)
-    outcome = steps.distill(suite, config, f"distill {mode} w={config.kd_weight}")
-    console.say(distill_report(outcome.result, list(domains)))
+    outcome = steps.distill(suite, config, f"distill {mode} w={config.kd_weight}", store=store)
+    console.say(distill_report(outcome.result, domains))
     console.say(f"Student: {outcome.result.student_dir}")
     console.say(f"MLflow: experiment kdh/{suite.name}, run {outcome.run_id} ({tracking.redact(uri)})")
     return 0
@@ -192,7 +197,7 @@ def distill_report(result, domains: list[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from distiller.config import DEFAULT_KD_WEIGHT, KD_MODES, PRECISIONS, DistillConfig
-    from harness import cli_loop, dashboard
+    from harness import cli_loop, cli_prepare, dashboard
 
     parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
@@ -248,11 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--gaps-from", help="the initial mixture from a scorecard's gaps: a scorecard.json or an "
                                         "MLflow eval run id (default: measured at the start)")
     di.add_argument("--save-every", type=int, default=DistillConfig.save_every)
+    di.add_argument("--store", help="a token store from `kdh prepare` (default: the suite's corpora, prepared on first use)")
     di.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
     di.add_argument("--seed", type=int, default=0)
     di.add_argument("--mixed-precision", default=DistillConfig.mixed_precision, choices=PRECISIONS)
     di.add_argument("--tracking-uri")
     cli_loop.add_verbs(verbs)  # gate, promote, loop
+    cli_prepare.add_verbs(verbs)  # prepare
     dashboard.add_verb(verbs)
     return parser
 

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from harness import console
-from harness.errors import BadInput, KdhError
+from harness.errors import BadInput, KdhError, distill_errors
 from harness.inputs import (add_verb, model_or_demo, model_ref, open_suite, output_folder, scoring_arguments,
                             scoring_options)
 from harness.report import verdict_report
@@ -15,7 +15,7 @@ from harness.report import verdict_report
 def cmd_gate(args) -> int:
     import pandas as pd
 
-    from harness import promotion, steps, tracking
+    from harness import corpora, promotion, steps, tracking
     from harness.gate import VERDICT_COLUMNS, Verdict, mismatch
     from harness.models import ModelRef
     from harness.scorecard import Scorecard
@@ -44,8 +44,11 @@ def cmd_gate(args) -> int:
             champion = model_ref("champion", f"models:/{registered}@champion", args)
     console.note(f"kdh gate · suite '{suite.name}' · candidate {candidate.source} · champion "
                  f"{champion.source if champion else 'none'} · tracking {tracking.redact(uri)}")
+    # The training corpus's overlap with the test slices, in the candidate's (the store's) tokens.
+    contamination = corpora.contamination(suite, Path(args.store), candidate.source) if args.store else None
     try:
-        outcome = steps.gate(suite, teacher, candidate, champion, scoring_options(args), out, args.junit, args.summary, scorecard)
+        outcome = steps.gate(suite, teacher, candidate, champion, scoring_options(args), out, args.junit, args.summary,
+                             scorecard, contamination)
     except KdhError as err:  # CI still gets a report that says the gate did not pass, and why
         failed = Verdict(pd.DataFrame(columns=VERDICT_COLUMNS), candidate.name, None, teacher.name)
         steps.write_verdict_files(failed.with_failures("gate", "run", [str(err)]), suite, None, args.junit, args.summary)
@@ -86,18 +89,19 @@ def cmd_promote(args) -> int:
 
 def cmd_loop(args) -> int:
     from distiller.config import check_pair
-    from harness import loop, steps, tracking
+    from harness import corpora, loop, tracking
 
     uri = tracking.connect(args.tracking_uri)
     suite = open_suite(args.suite)
-    steps.distill_domains(suite)  # bad input fails now, not after the first scoring
     teacher = model_ref("teacher", model_or_demo(args.teacher, "teacher"), args)
     base = model_ref("student", model_or_demo(args.student, "student"), args).source
-    with steps.distill_errors():  # the loop distils with --kd kd: two tokenizers are bad input now
+    with distill_errors():  # the loop distils with --kd kd: two tokenizers are bad input now
         check_pair(teacher.source, base, "kd", args.kd_weight)
+    # The corpus is tokenized (or found) now: bad data fails before the first scoring.
+    store = Path(args.store) if args.store else corpora.store_for(suite, base).root
     settings = loop.LoopSettings(rounds=args.rounds, steps=args.steps, batch_size=args.train_batch_size,
                                  kd_weight=args.kd_weight, interval=args.interval, seed=args.seed,
-                                 promote=not args.no_promote)
+                                 promote=not args.no_promote, store=store)
     out = output_folder(args.out, "loop", suite.name)
     console.note(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
                  f"{args.rounds} round(s) · tracking {tracking.redact(uri)}")
@@ -118,6 +122,8 @@ def add_verbs(verbs) -> None:
     ga.add_argument("--champion", help="the model a regression is measured against (default: models:/kdh-SUITE@champion "
                                        "when one is registered; 'none' to skip the regression checks)")
     ga.add_argument("--scorecard", help="gate an existing scorecard.json (models teacher, candidate, champion) instead of scoring")
+    ga.add_argument("--store", help="the token store the candidate was trained on: check its overlap with the test "
+                                    "slices against the suite's max_contamination")
     ga.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per domain, slice and check")
     ga.add_argument("--summary", metavar="FILE", help="append a Markdown summary (e.g. $GITHUB_STEP_SUMMARY)")
     scoring_arguments(ga)
@@ -142,6 +148,7 @@ def add_verbs(verbs) -> None:
     lo.add_argument("--interval", type=int, default=DistillConfig.interval, help="K: steps between DDK mixture updates")
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--no-promote", action="store_true", help="gate, but leave the champion where it is")
+    lo.add_argument("--store", help="a token store from `kdh prepare` (default: the suite's corpora, prepared on first use)")
     lo.add_argument("--junit", metavar="FILE")
     lo.add_argument("--summary", metavar="FILE")
     scoring_arguments(lo)

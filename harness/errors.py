@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 EXIT_PASS = 0
 EXIT_GATE_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -33,15 +35,31 @@ class SuiteError(BadInput):
 
 
 class ValidationFailed(BadInput):
-    """A scorecard failed its data-quality checks; nothing downstream may trust it."""
+    """A scorecard (or a prepared corpus: ``subject``) failed its data-quality checks; nothing
+    downstream may trust it."""
 
-    def __init__(self, failures: list[str]):
+    def __init__(self, failures: list[str], subject: str = "the scorecard"):
         self.failures = failures
         lines = "\n".join(f"  - {f}" for f in failures)
-        super().__init__(f"the scorecard failed {len(failures)} validation check(s):\n{lines}")
+        super().__init__(f"{subject} failed {len(failures)} validation check(s):\n{lines}")
 
 
 class RuntimeFailure(KdhError):
     """Something broke while running (an evaluation, a write); exit code 3."""
 
     exit_code = EXIT_RUNTIME
+
+
+@contextmanager
+def distill_errors():
+    """The distiller's errors as kdh's: its InputError is bad input (exit 2: a tokenizer mismatch, a
+    setting out of range, unreadable data), its DistillError a failure while running (exit 3). Any
+    other exception is a bug and stays one."""
+    from distiller.errors import DistillError, InputError
+
+    try:
+        yield
+    except InputError as err:
+        raise BadInput(str(err)) from err
+    except DistillError as err:
+        raise RuntimeFailure(str(err)) from err

@@ -56,6 +56,10 @@ class Verdict:
     def failing_domains(self) -> list[str]:
         return list(dict.fromkeys(self.failures["domain"]))
 
+    def with_rows(self, rows: pd.DataFrame) -> "Verdict":
+        """The verdict with more checks (e.g. contamination_rows)."""
+        return Verdict(pd.concat([self.rows, rows], ignore_index=True), self.candidate, self.champion, self.teacher)
+
     def with_failures(self, domain: str, check: str, reasons: list[str]) -> "Verdict":
         """The verdict with extra failing rows (e.g. a scorecard that failed validation)."""
         extra = pd.DataFrame([_row(domain, DOMAIN_LEVEL, check, "fail", reason=r) for r in reasons], columns=VERDICT_COLUMNS)
@@ -246,3 +250,29 @@ def decide(suite: Suite, card: Scorecard, candidate: str = "candidate", champion
     for extra in sorted(set(card.rows["domain"]) - known):  # a scorecard of another suite
         rows.append(_row(extra, DOMAIN_LEVEL, "retention", "fail", reason=f"domain '{extra}' is not in suite '{suite.name}'"))
     return Verdict(pd.DataFrame(rows, columns=VERDICT_COLUMNS), candidate, champion, card.reference)
+
+
+def contamination_rows(suite: Suite, worst: pd.DataFrame) -> pd.DataFrame:
+    """One ``contamination`` check per test slice: the share of its examples whose n-grams the
+    training corpus holds (in the training domain that holds most, ``worst``: one row per
+    "domain/slice", as harness/corpora.worst_per_slice gives), against the suite's
+    ``max_contamination``. A slice with no local data, or no threshold, is skipped and says why."""
+    found = {row.slice: row for row in worst.itertuples()}
+    rows = []
+    for domain in suite.domains:
+        domain_th = domain.thresholds.over(suite.thresholds)
+        for slice_ in domain.slices:
+            limit = slice_.thresholds.over(domain_th).max_contamination
+            hit = found.get(f"{domain.name}/{slice_.name}")
+            if hit is None:
+                rows.append(_row(domain.name, slice_.name, "contamination", "skip", reason="no local test data to compare"))
+            elif limit is None:
+                rows.append(_row(domain.name, slice_.name, "contamination", "skip", hit.rate,
+                                 reason="the suite sets no max_contamination; set it under `thresholds:`"))
+            else:
+                ok = hit.rate <= limit
+                rows.append(_row(domain.name, slice_.name, "contamination", "pass" if ok else "fail", hit.rate, limit,
+                                 reason=f"{hit.contaminated}/{hit.examples} test examples have ≥ {hit.min_share:.0%} of "
+                                        f"their {hit.ngram}-grams in training domain '{hit.domain}' ({hit.rate:.1%}), "
+                                        f"{'≤' if ok else 'above'} {limit:.1%}"))
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)

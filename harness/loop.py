@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from distiller.config import DEFAULT_KD_WEIGHT, DistillConfig
-from harness import gaps, model_uris, promotion, steps, tracking
+from harness import corpora, gaps, model_uris, promotion, steps, tracking
 from harness.console import note, say
 from harness.errors import EXIT_PASS
 from harness.models import ModelRef
@@ -35,6 +35,7 @@ class LoopSettings:
     interval: int = DistillConfig.interval
     seed: int = 0
     promote: bool = True
+    store: Path | None = None  # the token store every round reads (None: the suite's corpora, prepared once)
 
 
 def weak_domains(scorecard: Scorecard, suite: Suite, model: str = "student") -> list[str]:
@@ -56,7 +57,7 @@ def distill_round(suite: Suite, teacher: ModelRef, student_dir: str, ratios: dic
                            batch_size=settings.batch_size, block_size=settings.block_size, lr=settings.lr,
                            kd_weight=settings.kd_weight, interval=settings.interval, initial_ratios=ratios,
                            seed=settings.seed + round_no)
-    return steps.distill(suite, config, f"distill round {round_no}", params={"round": round_no})
+    return steps.distill(suite, config, f"distill round {round_no}", params={"round": round_no}, store=settings.store)
 
 
 def current_champion(suite: Suite, base_student: str) -> tuple[str, str]:
@@ -75,6 +76,8 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
 
     registered = promotion.registered_name(suite.name)
     exit_code, before, after = EXIT_PASS, None, None
+    settings = replace(settings, store=settings.store or corpora.store_for(suite, base_student).root)
+    contamination = corpora.contamination(suite, settings.store, base_student)  # checked by every round's gate
     with tracking.tracked_run(suite.name, "loop", f"loop {suite.name}") as parent:
         mlflow.log_params({"suite": suite.name, "teacher": teacher.source, "base_student": base_student,
                            **{f"loop.{k}": v for k, v in vars(settings).items()}})
@@ -104,7 +107,7 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
             note("  gating the candidate …")
             outcome = steps.gate(suite, teacher, replace(teacher, name="candidate", source=str(result.student_dir)),
                                  replace(teacher, name="champion", source=student_dir), options, round_out / "gate",
-                                 junit, summary)
+                                 junit, summary, contamination=contamination)
             say(verdict_report(outcome.verdict))
             after = outcome.scorecard
             if not outcome.verdict.passed:

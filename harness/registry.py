@@ -26,7 +26,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 SUITE_KEYS = {"name", "description", "defaults", "thresholds", "domains"}
 DEFAULT_KEYS = {"batch_size", "limit", "num_fewshot", "bootstrap_iters"}
-THRESHOLD_KEYS = {"min_retention", "max_drop", "alpha"}
+THRESHOLD_KEYS = {"min_retention", "max_drop", "alpha", "max_contamination"}
 DOMAIN_KEYS = {"name", "description", "slices", "validation", "train", "thresholds"}
 SLICE_KEYS = {"name", "task", "data", "metric", "filter", "higher_is_better", "weight", "limit", "thresholds"}
 
@@ -38,16 +38,13 @@ class Thresholds:
     min_retention: float | None = None  # least share of the teacher's score the student keeps
     max_drop: float | None = None  # largest drop in retention allowed against the champion
     alpha: float | None = None  # significance level at which a drop counts as a regression
+    # largest share of a test slice's examples whose n-grams the training corpus may hold
+    max_contamination: float | None = None
 
     def over(self, parent: "Thresholds") -> "Thresholds":
         """These thresholds, with the parent's where these are unset."""
-        return Thresholds(*(
-            mine if mine is not None else theirs
-            for mine, theirs in zip(
-                (self.min_retention, self.max_drop, self.alpha),
-                (parent.min_retention, parent.max_drop, parent.alpha),
-            )
-        ))
+        return Thresholds(**{name: mine if mine is not None else getattr(parent, name)
+                             for name, mine in vars(self).items()})
 
 
 @dataclass(frozen=True)
@@ -197,7 +194,8 @@ class _Reader:
         if raw is None:
             return Thresholds()
         raw = self.mapping(raw, where, THRESHOLD_KEYS)
-        ranges = {"min_retention": (0.0, 1.0, True), "max_drop": (0.0, 1.0, True), "alpha": (0.0, 1.0, False)}
+        ranges = {"min_retention": (0.0, 1.0, True), "max_drop": (0.0, 1.0, True), "alpha": (0.0, 1.0, False),
+                  "max_contamination": (0.0, 1.0, True)}
         values = {}
         for key, (low, high, closed) in ranges.items():
             value = raw.get(key)

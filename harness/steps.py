@@ -8,16 +8,15 @@ cache, so a teacher that has not changed is scored once. ``kdh eval``, ``kdh gat
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pandas as pd
 
-from harness import console, home, tracking
+from harness import console, corpora, errors, home, tracking
 from harness.console import note
 from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput, RuntimeFailure, ValidationFailed
-from harness.gate import Verdict, decide
+from harness.gate import Verdict, contamination_rows, decide
 from harness.models import ModelRef
 from harness.registry import Suite
 from harness.report import junit_xml, markdown_summary
@@ -68,12 +67,16 @@ def write_verdict_files(verdict: Verdict, suite: Suite, scorecard: Scorecard | N
             fh.write(markdown_summary(verdict, suite.name, scorecard))
 
 
-def judge(suite: Suite, scorecard: Scorecard, champion: bool) -> tuple[Verdict, int]:
-    """The verdict and exit code over a scorecard of teacher, candidate (and champion).
+def judge(suite: Suite, scorecard: Scorecard, champion: bool,
+          contamination: pd.DataFrame | None = None) -> tuple[Verdict, int]:
+    """The verdict and exit code over a scorecard of teacher, candidate (and champion), and, given
+    the training corpus's ``contamination`` (harness/corpora.py), one check per test slice.
 
     A scorecard that fails validation is not trusted: its failures join the verdict as failing
     checks, so the gate fails (exit 1) and says why; it can never pass on such evidence."""
     verdict = decide(suite, scorecard, "candidate", "champion" if champion else None)
+    if contamination is not None:
+        verdict = verdict.with_rows(contamination_rows(suite, corpora.worst_per_slice(contamination)))
     try:
         validate_scorecard(scorecard, suite)
     except ValidationFailed as err:
@@ -83,8 +86,9 @@ def judge(suite: Suite, scorecard: Scorecard, champion: bool) -> tuple[Verdict, 
 
 def gate(suite: Suite, teacher: ModelRef, candidate: ModelRef, champion: ModelRef | None, options: ScoringOptions,
          out: Path, junit: str | None = None, summary: str | None = None,
-         scorecard: Scorecard | None = None) -> GateOutcome:
-    """Score teacher, candidate and champion (cached where unchanged), decide, report, log."""
+         scorecard: Scorecard | None = None, contamination: pd.DataFrame | None = None) -> GateOutcome:
+    """Score teacher, candidate and champion (cached where unchanged), decide, report, log; with the
+    training corpus's ``contamination`` report, check it against the suite's max_contamination."""
     import mlflow
 
     with tracking.tracked_run(suite.name, "gate", f"gate {candidate.name}", nested=tracking.active()) as run:
@@ -93,7 +97,8 @@ def gate(suite: Suite, teacher: ModelRef, candidate: ModelRef, champion: ModelRe
             refs += [replace(champion, name="champion")] if champion is not None else []
             scorecard = score_suite(suite, refs, options)
             note(f"  scoring: {cached_note(scorecard)}")
-        verdict, code = judge(suite, scorecard, champion is not None or "champion" in scorecard.model_names)
+        verdict, code = judge(suite, scorecard, champion is not None or "champion" in scorecard.model_names,
+                              contamination)
         saved = scorecard.save(out)
         verdict.rows.to_csv(out / "verdict.csv", index=False)
         write_verdict_files(verdict, suite, scorecard, junit, summary)
@@ -104,6 +109,8 @@ def gate(suite: Suite, teacher: ModelRef, candidate: ModelRef, champion: ModelRe
             mlflow.log_artifact(str(path))
         mlflow.log_table(verdict.rows, artifact_file="tables/verdict.json")
         mlflow.log_table(scorecard.domains, artifact_file="tables/domains.json")
+        if contamination is not None:
+            mlflow.log_table(contamination, artifact_file="tables/contamination.json")
         mlflow.log_metrics({"gate/passed": float(verdict.passed), "gate/failures": float(len(verdict.failures))})
         mlflow.set_tags({"kdh.verdict": "pass" if verdict.passed else "fail",
                          "kdh.failing_domains": ",".join(verdict.failing_domains)})
@@ -133,41 +140,22 @@ class DistillOutcome:
     source_uri: str  # the student's files in that run (what a promotion registers)
 
 
-def distill_domains(suite: Suite) -> dict[str, tuple[Path, Path]]:
-    """Each domain's (train, validation) files, or bad input naming the domains that lack them."""
-    missing = [d.name for d in suite.domains if d.train is None or d.validation is None]
-    if missing:
-        raise BadInput(f"{suite.path}: domain(s) {', '.join(missing)} need `train:` and `validation:` files to distil")
-    return {d.name: (d.train, d.validation) for d in suite.domains}
-
-
-@contextmanager
-def distill_errors():
-    """The distiller's errors as kdh's: its InputError is bad input (exit 2: a tokenizer mismatch, a
-    setting out of range, unreadable data), its DistillError a failure while running (exit 3). Any
-    other exception is a bug and stays one."""
-    from distiller.errors import DistillError, InputError
-
-    try:
-        yield
-    except InputError as err:
-        raise BadInput(str(err)) from err
-    except DistillError as err:
-        raise RuntimeFailure(str(err)) from err
-
-
-def distill(suite: Suite, config, run_name: str, params: dict | None = None) -> DistillOutcome:
+def distill(suite: Suite, config, run_name: str, params: dict | None = None, store: Path | None = None) -> DistillOutcome:
     """DDK distillation of ``config`` over the suite's domains, under a ``distill`` run (nested
-    when a parent is active) that holds the settings, the mixture's history and the student."""
+    when a parent is active) that holds the settings, the mixture's history and the student. The
+    data comes from ``store``, or from the suite's corpora prepared with the student's tokenizer
+    (found in the kdh home when it was prepared before)."""
     import mlflow
 
     from distiller import trainer
 
-    domains = distill_domains(suite)
+    store = store or corpora.store_for(suite, config.student).root
     with tracking.tracked_run(suite.name, "distill", run_name, nested=tracking.active()) as run:
-        mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name, **(params or {})})
-        with distill_errors():
-            result = trainer.distill(config, domains, progress_stream=console.progress_stream())
+        mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name, "store": str(store),
+                                                                          **(params or {})})
+        with errors.distill_errors():
+            result = trainer.distill(config, store, [d.name for d in suite.domains],
+                                     progress_stream=console.progress_stream())
         mlflow.log_table(pd.DataFrame(result.history), artifact_file="tables/ddk_history.json")
         mlflow.log_metrics({"tokens_per_s": result.tokens_per_s, "ddk_seconds": result.ddk_seconds,
                             "setup_seconds": result.setup_seconds, "seconds": result.seconds,

@@ -41,6 +41,25 @@ def tiny_world(kdh_env):
     return ensure_world(home.kdh_home(), size="tiny", progress=False)
 
 
+DOMAIN_NAMES = ("code", "prose", "arithmetic", "records")
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tiny_world):
+    """``tiny_store(tokenizer_folder)``: the tiny world's token store in that tokenizer (made once,
+    under the kdh home, as `kdh distill` would find it)."""
+    from transformers import AutoTokenizer
+
+    from distiller.prepare import prepare
+
+    def store_of(tokenizer_dir: Path) -> Path:
+        corpora = {d: {"train": [tiny_world.domain_file(d, "train.jsonl")],
+                       "validation": [tiny_world.domain_file(d, "validation.jsonl")]} for d in DOMAIN_NAMES}
+        return prepare(corpora, AutoTokenizer.from_pretrained(tokenizer_dir), root=home.kdh_home() / "stores").root
+
+    return store_of
+
+
 @pytest.fixture(scope="session")
 def lenient_suite(tmp_path_factory):
     """The default suite with a retention floor the tiny student meets: what is left to fail on is

@@ -297,27 +297,29 @@ def test_shared_tokens_pair_the_ids_of_one_string_in_both_vocabularies(tokenizer
     assert student.convert_ids_to_tokens(s_ids.tolist()) == teacher.convert_ids_to_tokens(t_ids.tolist())
 
 
-def test_pairs_hold_the_same_text_in_both_tokenizations(tiny_world, tokenizers):
-    from distiller.pairs import PAD, pack_pairs, pair_rows, split_rows
-    from distiller.data import pack_blocks, read_texts
+def test_pairs_hold_the_same_text_in_both_tokenizations(tiny_world, tiny_store, tokenizers):
+    from distiller.pairs import PAD, PairedBlocks, collate, split_rows
+    from distiller.store import Blocks, TokenStore
 
     student_tok, teacher_tok = tokenizers
-    texts = read_texts(tiny_world.domain_file("arithmetic", "validation.jsonl"))  # ASCII: decodes cleanly
-    blocks, teacher = pack_pairs(texts, student_tok, teacher_tok, 32, domain="arithmetic")
-    assert torch.equal(blocks, pack_blocks(texts, student_tok, 32, student_tok.eos_token_id))
-    for block, ids in zip(blocks, teacher):
-        assert teacher_tok.decode(ids) == student_tok.decode(block.tolist())
-    rows, cut = pair_rows({"arithmetic": (blocks, teacher)}, teacher_context=1000)
+    stream = TokenStore(tiny_store(tiny_world.cross_student_dir)).stream("arithmetic", "validation")  # ASCII
+    blocks = Blocks(stream, 33)
+    rows = PairedBlocks(blocks, student_tok, teacher_tok, teacher_context=1000)
+    teacher = [rows[i][33:].tolist() for i in range(len(rows))]
+    for i, ids in enumerate(teacher):
+        assert torch.equal(rows[i][:33], blocks[i])
+        assert teacher_tok.decode(ids) == student_tok.decode(blocks[i].tolist())
+    batch = collate([rows[i] for i in range(len(rows))], student_width=33)
     width = max(map(len, teacher))
-    assert cut == 0 and rows["arithmetic"].shape == (len(blocks), 33 + width)
-    s_in, s_lab, t_in, t_lab = split_rows(rows["arithmetic"], 33, teacher_tok.eos_token_id)
-    assert torch.equal(s_in, blocks[:, :-1]) and torch.equal(s_lab, blocks[:, 1:])
+    assert rows.cut == 0 and batch.shape == (len(rows), 33 + width)
+    s_in, s_lab, t_in, t_lab = split_rows(batch, 33, teacher_tok.eos_token_id)
+    assert torch.equal(s_in, batch[:, :32]) and torch.equal(s_lab, batch[:, 1:33])
     shortest = min(range(len(teacher)), key=lambda i: len(teacher[i]))
     n = len(teacher[shortest])
     assert t_lab[shortest, : n - 1].tolist() == teacher[shortest][1:] and (t_lab[shortest, n - 1:] == -100).all()
-    assert (t_in >= 0).all() and (rows["arithmetic"][shortest, 33 + n:] == PAD).all()
-    _, cut = pair_rows({"arithmetic": (blocks, teacher)}, teacher_context=width - 3)
-    assert cut > 0
+    assert (t_in >= 0).all() and (batch[shortest, 33 + n:] == PAD).all()
+    short = PairedBlocks(blocks, student_tok, teacher_tok, teacher_context=width - 3)
+    assert all(len(short[i]) <= 33 + width - 2 for i in range(len(short))) and short.cut > 0
 
 
 def test_bits_per_byte_agrees_with_the_demo_builds_independent_count(tiny_world, tokenizers):
@@ -354,10 +356,6 @@ def weights_of(path):
 def same_tensors(a, b) -> bool:
     left, right = weights_of(a), weights_of(b)
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-
-
-def demo_domains(world):
-    return {d: (world.domain_file(d, "train.jsonl"), world.domain_file(d, "validation.jsonl")) for d in DOMAIN_NAMES}
 
 
 @pytest.fixture(scope="module")
@@ -455,13 +453,13 @@ def test_a_dskd_weight_outside_0_1_is_bad_input(tiny_world, tmp_path, capsys):
     assert "--kd-weight must be in [0, 1]" in capsys.readouterr().err
 
 
-def test_the_trainer_refuses_them_too(tiny_world, tmp_path):
+def test_the_trainer_refuses_them_too(tiny_world, tiny_store, tmp_path):
     from distiller.trainer import DistillConfig, distill
 
     config = DistillConfig(teacher=str(tiny_world.teacher_dir), student=str(tiny_world.cross_student_dir),
                            output_dir=str(tmp_path / "run"), kd="dskd", progress=False)
     with pytest.raises(ValueError, match="Modes that accept different tokenizers: dskd-cma, uld"):
-        distill(config, demo_domains(tiny_world))
+        distill(config, tiny_store(tiny_world.cross_student_dir))
 
 
 @pytest.mark.parametrize("kd, kd_weight, cross_student, projector_file", [
@@ -469,14 +467,15 @@ def test_the_trainer_refuses_them_too(tiny_world, tmp_path):
     ("uld", None, True, False),  # no projectors
     ("kd", 0.0, True, False),  # CPT across tokenizers: the student's CE alone, ratios in bits per byte
 ])
-def test_the_other_modes_train_the_student(tiny_world, tmp_path, kd, kd_weight, cross_student, projector_file):
+def test_the_other_modes_train_the_student(tiny_world, tiny_store, tmp_path, kd, kd_weight, cross_student,
+                                           projector_file):
     from distiller.trainer import DistillConfig, distill
 
     start = tiny_world.cross_student_dir if cross_student else tiny_world.student_dir
     config = DistillConfig(teacher=str(tiny_world.teacher_dir), student=str(start), output_dir=str(tmp_path / "run"),
                            steps=4, interval=2, save_every=4, batch_size=4, block_size=64, kd=kd, kd_weight=kd_weight,
                            progress=False)
-    result = distill(config, demo_domains(tiny_world))
+    result = distill(config, tiny_store(start))
     assert result.ratio_of == ("bits per byte" if cross_student else "perplexity")
     assert not same_tensors(result.student_dir / "model.safetensors", start / "model.safetensors")
     checkpoint = tmp_path / "run" / "checkpoints" / "step-0000004"
