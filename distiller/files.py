@@ -40,17 +40,22 @@ def write_atomic_folder(final: Path, fill) -> Path:
     try:
         fill(tmp)
         _fsync_tree(tmp)
-        if final.exists():
-            retired = final.parent / f".{final.name}.old-{os.getpid()}"
-            os.rename(final, retired)
-            os.rename(tmp, final)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
+        swap_folder(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def swap_folder(ready: Path, final: Path) -> None:
+    """Rename the finished folder ``ready`` to ``final``, retiring an older ``final`` first."""
+    if final.exists():
+        retired = final.parent / f".{final.name}.old-{os.getpid()}"
+        os.rename(final, retired)
+        os.rename(ready, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.rename(ready, final)
 
 
 def write_atomic_text(final: Path, text: str) -> Path:

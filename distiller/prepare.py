@@ -24,7 +24,7 @@ import numpy as np
 
 from distiller import corpus
 from distiller.errors import InputError
-from distiller.files import write_atomic_text
+from distiller.files import swap_folder, write_atomic_text
 from distiller.store import FORMAT, MANIFEST, SPLITS, VERSION, token_dtype, tokenizer_fingerprint
 
 MAX_DOCUMENT_TOKENS = 1 << 17  # longer documents are kept, and counted by the corpus checks
@@ -190,13 +190,7 @@ def _publish(partial: Path, out: Path) -> None:
     """The bookkeeping files out, then the partial folder renamed to the store in one step."""
     for path in partial.rglob(".*"):
         path.unlink()
-    if out.exists():
-        retired = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, retired)
-        os.rename(partial, out)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.rename(partial, out)
+    swap_folder(partial, out)
 
 
 def prepare(corpora: dict[str, dict[str, list[Path]]], tokenizer, out: Path | None = None, *, root: Path | None = None,
