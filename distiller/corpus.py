@@ -61,18 +61,34 @@ def _kind(path: Path) -> str | None:
     return None
 
 
+def _folder_files(folder: Path) -> list[tuple[str, Path]]:
+    """(kind, file) inside a folder, walked in sorted order; a saved dataset gives its Arrow files."""
+    if (folder / "dataset_dict.json").is_file():
+        splits = json.loads((folder / "dataset_dict.json").read_text()).get("splits", [])
+        raise InputError(f"corpus path {folder} is a DatasetDict saved with save_to_disk (splits: {', '.join(splits)}): "
+                         f"name one split's folder, e.g. {folder / (splits[0] if splits else 'train')}")
+    if (folder / "state.json").is_file():
+        state = json.loads((folder / "state.json").read_text())
+        return [("arrow", folder / f["filename"]) for f in state.get("_data_files", [])]
+    files = []
+    for child in sorted(folder.iterdir()):
+        if child.name.startswith("."):
+            continue
+        if child.is_dir():
+            files += _folder_files(child)
+        elif _kind(child) is not None:
+            files.append((_kind(child), child))
+    return files
+
+
 def source_files(path: Path) -> list[tuple[str, Path]]:
     """(kind, file) for every readable file of one corpus path, in a fixed order; bad input when
     there is none, naming the path and the kinds kdh reads."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"corpus path {path} does not exist")
-    if path.is_dir() and (path / "state.json").is_file():
-        state = json.loads((path / "state.json").read_text())
-        files = [("arrow", path / f["filename"]) for f in state.get("_data_files", [])]
-    elif path.is_dir():
-        files = [(_kind(f), f) for f in sorted(path.rglob("*")) if f.is_file() and _kind(f) is not None
-                 and not any(part.startswith(".") for part in f.relative_to(path).parts)]
+    if path.is_dir():
+        files = _folder_files(path)
     else:
         files = [(_kind(path), path)] if _kind(path) is not None else []
     if not files:

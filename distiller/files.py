@@ -63,6 +63,7 @@ def write_atomic_text(final: Path, text: str) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", dir=final.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp's 0o600 would follow the file to its final name
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, final)

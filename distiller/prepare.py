@@ -47,7 +47,7 @@ def store_key(tokenizer: dict, sources: dict, max_document_tokens: int) -> str:
     """The digest of everything the store's bytes depend on."""
     content = {"format": FORMAT, "version": VERSION, "piece_bytes": corpus.PIECE_BYTES, "tokenizer": tokenizer["sha256"],
                "eos": tokenizer["eos_id"], "max_document_tokens": max_document_tokens,
-               "sources": {d: {s: [f["sha256"] for f in files] for s, files in splits.items()}
+               "sources": {d: {s: [(f["kind"], f["sha256"]) for f in files] for s, files in splits.items()}
                            for d, splits in sources.items()}}
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 

@@ -236,6 +236,8 @@ def test_jsonl_parquet_text_files_and_saved_datasets_give_the_same_stream(tmp_pa
         "parquet": [write_parquet(tmp_path / "c.parquet", docs, row_group_size=4)],
         "text": [text_folder],
         "dataset": [write_dataset(tmp_path / "saved", docs, shards=3)],
+        # a saved dataset inside a folder is read as a dataset, its metadata files as no document
+        "nested": [write_dataset(tmp_path / "outer" / "saved", docs, shards=2).parent],
         # one corpus of several paths of several kinds: read in the order given
         "mixed": [write_jsonl(tmp_path / "m" / "first.jsonl", docs[:10]),
                   write_parquet(tmp_path / "m" / "middle.parquet", docs[10:25]),
@@ -263,6 +265,7 @@ def test_the_same_inputs_find_the_same_store_and_rewrite_nothing(tmp_path):
     first = run_prepare(corpora, GPT2, root=root)
     assert not first.up_to_date and first.root == root / first.key[:16] and len(first.key) == 64
     assert TokenStore(first.root).key == first.key
+    assert (first.root / MANIFEST).stat().st_mode & 0o777 == 0o644  # readable by the team, as the shards are
     before = {rel: p.stat().st_mtime_ns for rel, p in files_of(root).items()}
     entries = sorted(p.name for p in root.iterdir())
     assert entries == [first.key[:16]]  # nothing left beside the store
@@ -298,6 +301,12 @@ def test_the_same_inputs_find_the_same_store_and_rewrite_nothing(tmp_path):
     assert "'qwen2'" in str(caught.value) and "'gpt2'" in str(caught.value) and str(out) in str(caught.value)
     with pytest.raises(InputError, match="gpt2"):
         TokenStore(moved.root).check_tokenizer(tokenizer(QWEN2))
+
+    # the same bytes read as another kind (one text document instead of JSON lines) are another store
+    as_text = tmp_path / "t.txt"
+    as_text.write_bytes(train.read_bytes())
+    kinds = {"code": {"train": [as_text], "validation": corpora["code"]["validation"]}}
+    assert run_prepare(kinds, GPT2, root=root).key != changed.key
 
 
 # ---- 5. killed and resumed ----
@@ -477,6 +486,14 @@ def _bad_corpus(kind: str, tmp_path: Path) -> tuple[dict, list[str]]:
         bad = tmp_path / "columns.parquet"
         pq.write_table(pa.table({"body": ["a", "b"], "id": [1, 2]}), bad)
         names = [str(bad), "text", "body"]
+    elif kind == "DatasetDict folder":
+        import datasets
+
+        datasets.disable_progress_bars()
+        bad = tmp_path / "dict"
+        datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": ["a", "b"]}),
+                              "test": datasets.Dataset.from_dict({"text": ["c"]})}).save_to_disk(str(bad))
+        names = [str(bad), "DatasetDict", str(bad / "train")]
     elif kind == "all documents empty":
         bad = tmp_path / "blank.jsonl"
         bad.write_text('{"text": ""}\n{"text": "   "}\n\n')
@@ -488,7 +505,8 @@ def _bad_corpus(kind: str, tmp_path: Path) -> tuple[dict, list[str]]:
 
 
 @pytest.mark.parametrize("kind", ["folder without a readable file", "missing path", "line not JSON", "row without text",
-                                  "text not a string", "parquet without text column", "all documents empty"])
+                                  "text not a string", "parquet without text column", "DatasetDict folder",
+                                  "all documents empty"])
 def test_bad_input_is_refused_naming_the_file_or_domain(kind, tmp_path):
     corpora, names = _bad_corpus(kind, tmp_path)
     if kind == "all documents empty":
