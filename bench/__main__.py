@@ -1,14 +1,15 @@
 """Every benchmark in one command; writes docs/benchmarks.md and its plots.
 
     pip install -e ".[bench]"        # TRL and matplotlib, on top of the README's set-up
-    python -m bench                  # all of it, ~40 min on 2 cores; run it on an otherwise idle machine
+    python -m bench                  # all of it, ~75 min on 2 cores; run it on an otherwise idle machine
     python -m bench --only scoring growth
     python -m bench --render         # rewrite docs/benchmarks.md from docs/bench/*.json, measuring nothing
 
 Each part is its own script (run alone for a quicker look) and saves its results as JSON in docs/bench/:
 distill_step (kdh vs TRL's GKD vs a bare loop, 1k and 50k vocabularies), scoring (kdh eval vs lm-eval,
 the cache), ddk (CPT, KD, DDK w/o smoothing and DDK over three seeds), growth (time against samples,
-domains, sequence length and vocabulary).
+domains, sequence length and vocabulary), store_scale (`kdh prepare` against the tokenizer alone, and a
+distillation's peak memory from 10M to 500M tokens; ~35 min).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ PARTS = {
     "scoring": ["bench/scoring.py", "--repeats", "2"],
     "ddk": ["bench/ddk_comparison.py"],
     "growth": ["bench/growth.py"],
+    "store_scale": ["bench/store_scale.py"],
 }
 
 

@@ -249,8 +249,59 @@ def growth_section(data: dict, folder: Path) -> list[str]:
     return lines + ["", "![growth](bench/growth.png)", ""]
 
 
+def store_section(data: dict, folder: Path, goals: list) -> list[str]:
+    lines = ["## 7. The token store at scale", "",
+             ("GPT-2 tokenizer (uint16 ids), a generated corpus in two domains (stdlib source slices and word-sampled "
+              "prose, ~450 tokens a document), script [bench/store_scale.py](../bench/store_scale.py); the choice of "
+              "format against datatrove and litdata is measured in [store-libraries.md](store-libraries.md), the "
+              "format in [token-store.md](token-store.md).")]
+    if "throughput" in data:
+        t = data["throughput"]
+        goals.append((f"`kdh prepare` ≥ 0.9× the tokenizer's own batched encode ({t['millions']}M tokens)",
+                      f"{t['ratio']:.2f}× ({t['prepare']['tokens_per_s'] / 1e6:.2f}M vs "
+                      f"{t['encode']['tokens_per_s'] / 1e6:.2f}M tokens/s)", t["ratio"] >= 0.9))
+        lines += ["", (f"**Preparing** {t['prepare']['tokens'] / 1e6:.1f}M tokens: `prepare()` end to end (hashing the "
+                       f"sources, the spawned pool, the manifest) {t['prepare']['seconds']:.1f} s, "
+                       f"{t['prepare']['tokens_per_s'] / 1e6:.2f}M tokens/s; the tokenizer alone, every text already in "
+                       f"memory, `encode_batch_fast` on all cores: {t['encode']['seconds']:.1f} s, "
+                       f"{t['encode']['tokens_per_s'] / 1e6:.2f}M tokens/s: **{t['ratio']:.2f}×**. Peak memory: "
+                       f"{t['prepare']['parent_peak_mib']:.0f} MiB in the parent, "
+                       f"{t['prepare']['largest_worker_peak_mib']:.0f} MiB in the largest worker; the store holds "
+                       f"{t['prepare']['store_bytes'] / t['prepare']['tokens']:.3f} bytes a token.")]
+    labels = data.get("distill", {})
+    if labels:
+        sizes = sorted({int(m) for entry in labels.values() for m in entry["runs"]})
+        lines += ["", ("**A distillation's memory against its corpus**: `distill()` for 40 steps (random GPT-2-shaped "
+                       "teacher 4 × 128 and student 2 × 64, 50,257-entry vocabulary, batch 8 × 128, DDK every 10 "
+                       "steps), each in a fresh process, its peak resident memory (VmHWM) in MiB:"), "",
+                  "| sampler | " + " | ".join(f"{m}M tokens" for m in sizes) + " | spread |",
+                  "|---|" + "---:|" * (len(sizes) + 1)]
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.4))
+        for label, entry in labels.items():
+            runs = entry["runs"]
+            lines.append(f"| {label} | " + " | ".join(f"{runs[str(m)]['peak_mib']:,.0f}" if str(m) in runs else "–"
+                                                      for m in sizes) + f" | {100 * entry['peak_spread']:+.1f}% |")
+            xs = sorted(int(m) for m in runs)
+            ax.plot(xs, [runs[str(m)]["peak_mib"] for m in xs], marker="o", label=label)
+        last = list(labels.values())[-1]
+        goals.append((f"distillation peak memory flat within ±10% from {sizes[0]}M to {sizes[-1]}M tokens",
+                      f"{100 * last['peak_spread']:+.1f}%", abs(last["peak_spread"]) <= 0.10))
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("corpus, millions of tokens")
+        ax.set_ylabel("peak RSS, MiB")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(folder / "store-scale.png", dpi=110)
+        plt.close(fig)
+        lines += ["", "![store scale](bench/store-scale.png)"]
+    return lines + [""]
+
+
 def write_report(folder: Path, out: Path) -> Path:
     step, scoring, ddk, growth = (_load(folder, n) for n in ("distill-step", "scoring", "ddk", "growth"))
+    store = _load(folder, "store-scale")
     goals: list[tuple[str, str, bool]] = []
     body: list[str] = []
     if step:
@@ -273,9 +324,11 @@ def write_report(folder: Path, out: Path) -> Path:
         body += ddk_section(ddk, folder, goals)
     if growth:
         body += growth_section(growth, folder)
+    if store:
+        body += store_section(store, folder, goals)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
-            ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 40 "
+            ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 75 "
              "minutes on 2 cores; run it on an otherwise idle machine). Raw results: [docs/bench/](bench/)."), "",
             (f"Machine: {machine.get('cpus', '?')} CPU cores ({machine.get('cpu', '?')}, a VM), "
              f"{machine.get('memory_gib', 0):.0f} GiB, no GPU; torch {machine.get('torch', '?')}, Python "

@@ -164,11 +164,15 @@ def _run_pool(todo: list, definition: str, workers: int, progress_stream) -> dic
     # Spawned, not forked: a fork of a process that already runs threads (torch, MLflow, the
     # tokenizer's own) can deadlock in the child. Spawning re-imports the caller's __main__, so a
     # script calling prepare needs the usual `if __name__ == "__main__":` guard.
+    # Largest pieces first, results as they finish: the last pieces are the small ones, so no core
+    # waits long on another's big piece at the end (the pieces' bytes do not depend on the order).
+    todo = sorted(todo, key=lambda task: -task[1].size)
+    sizes = {task[0]: task[1].size for task in todo}
     with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (definition, threads)) as pool:
-        for (key, counts), task in zip(pool.imap(tokenize_piece, todo), todo):
+        for key, counts in pool.imap_unordered(tokenize_piece, todo):
             results[key] = counts
             tokens += counts["tokens"]
-            bar.update(task[1].size)
+            bar.update(sizes[key])
             bar.set_postfix_str(f"{tokens / (time.perf_counter() - started) / 1e6:.2f}M tok/s", refresh=False)
     bar.close()
     return results

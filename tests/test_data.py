@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from distiller.data import DomainSampler, pack_blocks, read_texts
+from distiller.data import DomainSampler, Shuffle, pack_blocks, read_texts
 
 EOS = 0
 
@@ -107,6 +107,27 @@ def test_every_block_once_per_epoch_then_a_new_permutation():
     assert all(sorted(e) == list(range(6)) for e in epochs)
     assert len({tuple(e) for e in epochs}) == 3  # reshuffled each epoch
     assert sampler.state_dict()["domains"]["only"] == {"cursor": 6, "epoch": 2, "n_blocks": 6, "rows_drawn": 18}
+
+
+def test_the_shuffle_is_a_seeded_permutation_of_any_size_in_constant_memory():
+    for n in (1, 2, 3, 5, 16, 17, 1000, 4097):
+        order = [Shuffle(42, n)[i] for i in range(n)]
+        assert sorted(order) == list(range(n)), n
+        assert order == [Shuffle(42, n)[i] for i in range(n)]  # the same seed, the same order
+    n = 10_000
+    a, b = [Shuffle(1, n)[i] for i in range(n)], [Shuffle(2, n)[i] for i in range(n)]
+    assert a != b
+    # shuffled, not strided: the order is uncorrelated with the position and seldom steps by one
+    mean = (n - 1) / 2
+    correlation = sum((i - mean) * (v - mean) for i, v in enumerate(a)) / sum((i - mean) ** 2 for i in range(n))
+    assert abs(correlation) < 0.05
+    assert sum(abs(x - y) == 1 for x, y in zip(a, a[1:])) < 10
+    assert sum(x == y for x, y in zip(a, b)) < 10  # two seeds agree about as often as chance (1 in n)
+    # a domain of a trillion rows (a 129-trillion-token corpus) holds no table: any position, at once
+    huge = Shuffle(7, 10 ** 12)
+    assert len({huge[i] for i in range(1000)}) == 1000 and all(0 <= huge[i] < 10 ** 12 for i in range(1000))
+    with pytest.raises(IndexError):
+        huge[10 ** 12]
 
 
 def test_state_round_trip_through_json_continues_identically():
