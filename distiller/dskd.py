@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 # One implementation of the log-softmax, the divergences and the chunking: losses.py's.
-from distiller.losses import (Head, check_chunk_size, check_options, divergence_from_log_probs, log_probs,
-                              maybe_checkpoint, weight_and_bias)
+from distiller.losses import (CrossEntropyForwardKL, Head, check_chunk_size, check_options, divergence_from_log_probs,
+                              log_probs, maybe_checkpoint, positions_per_chunk, weight_and_bias)
 
 KD_RATE = 0.5  # w in (1 − w)·CE + w·KD: every DSKD script (and its ULD re-implementation) uses 0.5
 TEACHER_SPACE_DIVERGENCE = "forward_kl"  # DSKD's released code fixes it; DSKDv2 uses the chosen one
@@ -179,6 +179,14 @@ def _student_space(hidden: Tensor, head: Head, carried: Tensor, targets: Tensor,
 def _teacher_space(carried: Tensor, teacher_hidden: Tensor, head: Head, options: dict,
                    kind: str, chunk_size: int | None) -> Tensor:
     weight, bias = (t.detach() if t is not None else None for t in weight_and_bias(head))
+    if kind == "forward_kl" and torch.is_grad_enabled() and carried.requires_grad:
+        # The teacher's head is the widest (152k rows for Qwen2): the fused forward KL runs it once
+        # per position and never again in backward (losses.CrossEntropyForwardKL).
+        chunk = positions_per_chunk(chunk_size, carried.shape[0], weight.shape[0])
+        targets = torch.zeros(carried.shape[0], dtype=torch.long, device=carried.device)  # unused: no CE
+        kd, _, _ = CrossEntropyForwardKL.apply(carried, weight, bias, targets, teacher_hidden.detach(), weight, bias,
+                                                1.0, options["temperature"], chunk, False)
+        return kd / max(carried.shape[0], 1)
     # The chunk function reads (carried chunk, teacher chunk, weight, bias) in that order.
     fn = partial(_teacher_space_sum, **{**options, "kind": kind})
     (kd,) = _chunked_sums(fn, 1, chunk_size, (carried, teacher_hidden.detach()), (weight, bias))
@@ -295,16 +303,70 @@ def uld_distance(student_logits: Tensor, teacher_logits: Tensor, temperature: fl
     return (q - p.to(q.dtype)).abs().sum(-1)
 
 
-def _uld_sums(hidden: Tensor, targets: Tensor, teacher_hidden: Tensor, aligned: Tensor, weight: Tensor,
-              bias: Tensor | None, teacher_weight: Tensor, teacher_bias: Tensor | None, *,
-              temperature: float) -> tuple[Tensor, Tensor]:
-    """(Σ CE, Σ ULD over the positions that have a teacher counterpart) over one chunk."""
-    logits = F.linear(hidden, weight, bias)
-    ce = -log_probs(logits, 1.0, may_be_infinite=False).gather(-1, targets.unsqueeze(-1)).sum()
-    with torch.no_grad():
-        teacher_logits = F.linear(teacher_hidden.to(teacher_weight.dtype), teacher_weight, teacher_bias)
-    distance = uld_distance(logits, teacher_logits, temperature)
-    return ce, distance.masked_fill(~aligned, 0.0).sum()
+def sorted_l1(q: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
+    """(``uld_distance`` of two probability rows [N, V_q], [N, V_p] -> [N], its gradient in q [N, V_q]).
+
+    Beyond the smaller vocabulary the zero-padded side meets only the larger side's tail, whose
+    order does not matter: Σ_{i ≥ k} |0 − x_(i)| = Σ x − Σ_{i < k} x_(i), with k the smaller size.
+    So only the larger side's top k are sorted (a partial sort), never all of it: at 152k against
+    50k entries this is the step's largest saving (docs/families.md). The gradient is the sign of
+    each sorted difference put back at its token, and 1 on the tail of q when q is the larger side."""
+    k = min(q.shape[-1], p.shape[-1])
+    q_top, where = q.topk(k, dim=-1) if q.shape[-1] > k else q.sort(dim=-1, descending=True)
+    p_top = p.topk(k, dim=-1).values if p.shape[-1] > k else p.sort(dim=-1, descending=True).values
+    difference = q_top - p_top
+    tails = (q.sum(-1) - q_top.sum(-1)) + (p.sum(-1) - p_top.sum(-1))  # at most one is not 0
+    grad = torch.ones_like(q) if q.shape[-1] > k else torch.empty_like(q)
+    return difference.abs().sum(-1) + tails, grad.scatter_(-1, where, difference.sign())
+
+
+class _CrossEntropyULD(torch.autograd.Function):
+    """(Σ CE, Σ ULD over the aligned positions) through the student's head, each gradient formed
+    chunk by chunk in the forward (as losses.CrossEntropyForwardKL): nothing V-sized is kept for
+    backward and nothing (the teacher's head, the sorts) runs twice. The ULD gradient of the logits
+    is softmax's Jacobian applied to ``sorted_l1``'s: q_τ ⊙ (g − Σ q_τ g) / τ."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias, aligned,
+                temperature: float, chunk: int):
+        want = ctx.needs_input_grad[:3]
+        compute = torch.promote_types(hidden.dtype, torch.float32)
+        grads = [[torch.zeros_like(x, dtype=compute) if w else None for x, w in zip((hidden, weight, bias), want)]
+                 for _ in range(2)]  # of Σ CE, of Σ ULD
+        sums = torch.zeros(2, dtype=torch.float64, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h, y, a = hidden[start:start + chunk], targets[start:start + chunk], aligned[start:start + chunk]
+            logits = F.linear(h, weight, bias).to(compute)
+            log_q = F.log_softmax(logits, dim=-1)
+            sums[0] -= log_q.gather(-1, y.unsqueeze(-1)).sum().double()
+            q = log_q.exp()
+            del log_q
+            teacher_logits = F.linear(teacher_hidden[start:start + chunk].to(teacher_weight.dtype), teacher_weight,
+                                      teacher_bias).to(compute)
+            q_t = q if temperature == 1.0 else F.softmax(logits / temperature, dim=-1)
+            distance, g = sorted_l1(q_t, F.softmax(teacher_logits / temperature, dim=-1))
+            del teacher_logits, logits
+            sums[1] += distance.masked_fill(~a, 0.0).sum().double()
+            g = q_t * (g - (q_t * g).sum(-1, keepdim=True)) / temperature
+            g[~a] = 0.0
+            q[torch.arange(len(y), device=y.device), y] -= 1  # now CE's gradient, softmax − onehot
+            for (grad_h, grad_w, grad_b), grad in zip(grads, (q, g)):
+                if grad_h is not None:
+                    grad_h[start:start + chunk] = grad @ weight.to(compute)
+                if grad_w is not None:
+                    grad_w.addmm_(grad.T, h.to(compute))
+                if grad_b is not None:
+                    grad_b += grad.sum(0)
+        ctx.save_for_backward(*(g if g is not None else None for part in grads for g in part))
+        ce, distance = sums.to(compute).unbind()
+        return ce, distance
+
+    @staticmethod
+    def backward(ctx, grad_ce, grad_distance):
+        saved = ctx.saved_tensors
+        out = [None if a is None else a * grad_ce.to(a.dtype) + b * grad_distance.to(b.dtype)
+               for a, b in zip(saved[:3], saved[3:])]
+        return (*out, None, None, None, None, None, None, None)
 
 
 def uld_loss(student: Side, teacher: Side, *, temperature: float = 1.0, chunk_size: int | None = 1024,
@@ -327,8 +389,8 @@ def uld_loss(student: Side, teacher: Side, *, temperature: float = 1.0, chunk_si
     aligned = (s_valid & t_valid)[s_valid]
     weight, bias = weight_and_bias(student.head)
     t_weight, t_bias = (t.detach() if t is not None else None for t in weight_and_bias(teacher.head))
-    fn = partial(_uld_sums, temperature=temperature)
-    ce, distance = _chunked_sums(fn, 2, chunk_size,
-                                 (student.hidden[s_valid], student.labels[s_valid], t_hidden[s_valid], aligned),
-                                 (weight, bias, t_weight, t_bias))
+    hidden = student.hidden[s_valid]
+    chunk = positions_per_chunk(chunk_size, hidden.shape[0], max(weight.shape[0], t_weight.shape[0]))
+    ce, distance = _CrossEntropyULD.apply(hidden, weight, bias, student.labels[s_valid], t_hidden[s_valid],
+                                          t_weight, t_bias, aligned, temperature, chunk)
     return ce / max(int(s_valid.sum()), 1), distance / max(int(aligned.sum()), 1)

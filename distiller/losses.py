@@ -228,25 +228,26 @@ def _fused_chunk_sums(hidden: Tensor, weight: Tensor, bias: Tensor | None, targe
 CHUNK_BYTES = 24 * 2**20
 
 
-def _positions_per_chunk(chunk_size: int | None, n_valid: int, vocab: int) -> int:
+def positions_per_chunk(chunk_size: int | None, n_valid: int, vocab: int) -> int:
     if chunk_size is None:
         return max(n_valid, 1)
     return max(1, min(chunk_size, CHUNK_BYTES // (4 * vocab)))
 
 
-class _CrossEntropyForwardKL(torch.autograd.Function):
+class CrossEntropyForwardKL(torch.autograd.Function):
     """Σ CE + γ·Σ KL(p_τ‖q_τ) through the heads, its gradient formed chunk by chunk in the forward.
 
     For this loss the gradient of a position's student logits is closed-form,
     softmax(z) − onehot(y) + (γ/τ)·(softmax(z/τ) − p_τ), so each chunk multiplies it back through the
     head at once (as Liger's fused linear cross-entropy does): nothing V-sized is kept for backward and
     nothing is recomputed there, unlike the checkpointed path, which runs both heads twice.
-    Outputs (Σ total, Σ ce, Σ kd); only the first carries a gradient.
+    Outputs (Σ total, Σ ce, Σ kd); only the first carries a gradient. ``with_ce`` False leaves the
+    CE out (Σ ce is 0): DSKD's teacher-space KL alone (dskd.py).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias,
-                kd_weight: float, temperature: float, chunk: int):
+                kd_weight: float, temperature: float, chunk: int, with_ce: bool = True):
         want_h, want_w, want_b = ctx.needs_input_grad[:3]
         compute = torch.promote_types(hidden.dtype, torch.float32)
         grad_h = torch.empty_like(hidden) if want_h else None
@@ -257,7 +258,8 @@ class _CrossEntropyForwardKL(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], targets[start:start + chunk]
             log_q = F.log_softmax(F.linear(h, weight, bias).to(compute), dim=-1)
-            ce_sum = ce_sum - log_q.gather(-1, y.unsqueeze(-1)).sum().double()
+            if with_ce:
+                ce_sum = ce_sum - log_q.gather(-1, y.unsqueeze(-1)).sum().double()
             grad = log_q.exp()  # q
             if teacher_hidden is not None:
                 log_p = F.log_softmax(F.linear(teacher_hidden[start:start + chunk].to(teacher_weight.dtype),
@@ -267,10 +269,11 @@ class _CrossEntropyForwardKL(torch.autograd.Function):
                 kd_sum = kd_sum + (p * (log_p - log_q_t)).sum().double()
                 del log_p
                 q_t = grad if temperature == 1.0 else log_q_t.exp()
-                grad = grad + (kd_weight / temperature) * (q_t - p)
+                grad = (kd_weight / temperature) * (q_t - p) + (grad if with_ce else 0.0)
                 del p, q_t, log_q_t
             del log_q
-            grad[rows[:len(y)], y] -= 1
+            if with_ce:
+                grad[rows[:len(y)], y] -= 1
             if want_h:
                 grad_h[start:start + chunk] = (grad @ weight.to(compute)).to(hidden.dtype)
             if want_w:
@@ -287,7 +290,7 @@ class _CrossEntropyForwardKL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_ce, _grad_kd):
         grads = [None if g is None else g * grad_total.to(g.dtype) for g in ctx.saved_tensors]
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None)
 
 
 def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden: Tensor | None,
@@ -320,7 +323,7 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     hidden = student_hidden.reshape(-1, student_hidden.shape[-1])[valid]
     targets = labels.reshape(-1)[valid]
     n_valid = hidden.shape[0]
-    chunk = _positions_per_chunk(chunk_size, n_valid, weight.shape[0])
+    chunk = positions_per_chunk(chunk_size, n_valid, weight.shape[0])
 
     teacher_rows = teacher_weight = teacher_bias = None
     if use_teacher:
@@ -333,7 +336,7 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
 
     trains = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
     if trains and (kind == "forward_kl" or not use_teacher):
-        total_sum, ce_sum, kd_sum = _CrossEntropyForwardKL.apply(
+        total_sum, ce_sum, kd_sum = CrossEntropyForwardKL.apply(
             hidden, weight, bias, targets, teacher_rows, teacher_weight, teacher_bias,
             kd_weight if use_teacher else 0.0, temperature, chunk)
         n = max(n_valid, 1)

@@ -88,19 +88,20 @@ def cmd_promote(args) -> int:
 
 
 def cmd_loop(args) -> int:
-    from distiller.config import check_pair
+    from distiller.config import DEFAULT_KD_WEIGHT, check_pair
     from harness import corpora, loop, tracking
 
     uri = tracking.connect(args.tracking_uri)
     suite = open_suite(args.suite)
     teacher = model_ref("teacher", model_or_demo(args.teacher, "teacher"), args)
     base = model_ref("student", model_or_demo(args.student, "student"), args).source
-    with distill_errors():  # the loop distils with --kd kd: two tokenizers are bad input now
-        check_pair(teacher.source, base, "kd", args.kd_weight)
+    kd_weight = DEFAULT_KD_WEIGHT[args.kd] if args.kd_weight is None else args.kd_weight
+    with distill_errors():  # a pair the --kd mode cannot take (two tokenizers under kd) is bad input now
+        check_pair(teacher.source, base, args.kd, kd_weight)
     # The corpus is tokenized (or found) now: bad data fails before the first scoring.
     store = Path(args.store) if args.store else corpora.store_for(suite, base).root
     settings = loop.LoopSettings(rounds=args.rounds, steps=args.steps, batch_size=args.train_batch_size,
-                                 kd_weight=args.kd_weight, interval=args.interval, seed=args.seed,
+                                 kd=args.kd, kd_weight=kd_weight, interval=args.interval, seed=args.seed,
                                  promote=not args.no_promote, store=store)
     out = output_folder(args.out, "loop", suite.name)
     console.note(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
@@ -112,7 +113,7 @@ def cmd_loop(args) -> int:
 
 
 def add_verbs(verbs) -> None:
-    from distiller.config import DEFAULT_KD_WEIGHT, DistillConfig
+    from distiller.config import DEFAULT_KD_WEIGHT, KD_MODES, DistillConfig
 
     ga = add_verb(verbs, "gate", cmd_gate,
                   "pass or fail a candidate against the teacher and the champion (exit 1 on fail)",
@@ -144,7 +145,9 @@ def add_verbs(verbs) -> None:
     lo.add_argument("--rounds", type=int, default=1, help="repeat while weak domains remain (default 1)")
     lo.add_argument("--steps", type=int, default=DistillConfig.steps, help="distillation steps per round")
     lo.add_argument("--train-batch-size", type=int, default=DistillConfig.batch_size)
-    lo.add_argument("--kd-weight", type=float, default=DEFAULT_KD_WEIGHT["kd"], help="γ in CE + γ·KD")
+    lo.add_argument("--kd", default=DistillConfig.kd, choices=KD_MODES,
+                    help="the teacher signal, as kdh distill's --kd (dskd-cma and uld take two tokenizers)")
+    lo.add_argument("--kd-weight", type=float, default=None, help="γ in CE + γ·KD (default: the --kd mode's)")
     lo.add_argument("--interval", type=int, default=DistillConfig.interval, help="K: steps between DDK mixture updates")
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--no-promote", action="store_true", help="gate, but leave the champion where it is")

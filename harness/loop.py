@@ -33,6 +33,7 @@ class LoopSettings:
     lr: float = DistillConfig.lr
     kd_weight: float = DEFAULT_KD_WEIGHT["kd"]
     interval: int = DistillConfig.interval
+    kd: str = DistillConfig.kd  # the teacher signal: kd, dskd, dskd-cma, uld (the last two across tokenizers)
     seed: int = 0
     promote: bool = True
     store: Path | None = None  # the token store every round reads (None: the suite's corpora, prepared once)
@@ -55,7 +56,7 @@ def distill_round(suite: Suite, teacher: ModelRef, student_dir: str, ratios: dic
     """DDK distillation of ``student_dir`` with the mixture seeded by ``ratios`` (nested run)."""
     config = DistillConfig(teacher=teacher.source, student=student_dir, output_dir=str(out), steps=settings.steps,
                            batch_size=settings.batch_size, block_size=settings.block_size, lr=settings.lr,
-                           kd_weight=settings.kd_weight, interval=settings.interval, initial_ratios=ratios,
+                           kd=settings.kd, kd_weight=settings.kd_weight, interval=settings.interval, initial_ratios=ratios,
                            seed=settings.seed + round_no)
     return steps.distill(suite, config, f"distill round {round_no}", params={"round": round_no}, store=settings.store)
 
