@@ -77,7 +77,8 @@ class PeakMemory:
 
 
 def _count_tokens(model) -> tuple[list[int], object]:
-    """A hook that counts the token positions each forward pass sees (padding included)."""
+    """A hook that counts the token positions each forward pass sees (padding included). It sits on the
+    model's body, which both the full forward and BoundedHFLM's body-then-chunked-head path run."""
     seen = [0]
 
     def hook(_module, args, kwargs):
@@ -85,7 +86,7 @@ def _count_tokens(model) -> tuple[list[int], object]:
         if ids is not None:
             seen[0] += ids.numel()
 
-    return seen, model.register_forward_pre_hook(hook, with_kwargs=True)
+    return seen, model.base_model.register_forward_pre_hook(hook, with_kwargs=True)
 
 
 def _slice_groups(suite: Suite, options: ScoringOptions) -> dict[int | None, list[tuple]]:
@@ -102,14 +103,16 @@ def evaluate_model(ref: ModelRef, suite: Suite,
                    options: ScoringOptions = ScoringOptions()) -> tuple[list[dict], list[dict], dict]:
     """Score one model on every slice: (scorecard rows, per-document samples, efficiency figures)."""
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
+
+    from harness.lm import BoundedHFLM
 
     model, tokenizer = model_io.load(ref)
     batch_size = options.batch_size or suite.defaults.batch_size
     # simple_evaluate's batch_size does not reach an LM object, and HFLM's own default is 1: set it here
-    # (docs/architecture.md, "what kdh relies on").
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+    # (docs/architecture.md, "what kdh relies on"). BoundedHFLM: lm-eval's HFLM holding at most a chunk of
+    # logits at a time, not [batch, length, vocabulary] (docs/scoring-memory.md).
+    lm = BoundedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     needs_builtins = any(s.is_builtin for d in suite.domains for s in d.slices)
     # Indexing lm-eval's built-in tasks costs ~12 s; only pay it when a slice names one.
     manager = TaskManager(include_defaults=needs_builtins)
