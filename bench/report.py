@@ -7,6 +7,7 @@ import statistics
 from pathlib import Path
 
 from bench.distill_step import BATCH, BLOCK, INTERVAL, best, flops_per_token, overhead
+from bench.report_models import cross_vocab_section, scoring_memory_section
 
 MIB = 2 ** 20
 DOMAINS = ("code", "prose", "arithmetic", "records")
@@ -301,7 +302,7 @@ def store_section(data: dict, folder: Path, goals: list) -> list[str]:
 
 def write_report(folder: Path, out: Path) -> Path:
     step, scoring, ddk, growth = (_load(folder, n) for n in ("distill-step", "scoring", "ddk", "growth"))
-    store = _load(folder, "store-scale")
+    store, cross_vocab, scoring_memory = (_load(folder, n) for n in ("store-scale", "cross-vocab", "scoring-memory"))
     goals: list[tuple[str, str, bool]] = []
     body: list[str] = []
     if step:
@@ -326,6 +327,10 @@ def write_report(folder: Path, out: Path) -> Path:
         body += growth_section(growth, folder)
     if store:
         body += store_section(store, folder, goals)
+    if cross_vocab:
+        body += cross_vocab_section(cross_vocab, goals)
+    if scoring_memory:
+        body += scoring_memory_section(scoring_memory, goals)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
             ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 75 "
