@@ -1,9 +1,10 @@
 """Checkpoints that are never half-written, and a resume that skips any that are.
 
 A checkpoint is a folder ``step-NNNNNNN`` under ``<output>/checkpoints``: the student as a standard
-transformers folder (safetensors), ``training.pt`` (optimiser, scheduler and RNG states, read back
-with ``weights_only=True``, so no code is unpickled) and ``state.json`` (step, sampler position,
-domain weights and their history, and a sha256 of every file), and for DSKD ``projectors.safetensors``:
+transformers folder (safetensors), ``training.pt`` (optimiser, scheduler and RNG states, each rank's
+under several processes, read back with ``weights_only=True``, so no code is unpickled) and
+``state.json`` (step, sampler position, domain weights and their history, and a sha256 of every
+file), and for DSKD ``projectors.safetensors``:
 the projectors train with the student and a resume needs them, but they are no part of the final
 student, which stays a plain transformers folder. It is written into a temporary
 folder and renamed into place, so a crash leaves either the whole checkpoint or none; on resume,
@@ -30,11 +31,12 @@ PROJECTORS = "projectors.safetensors"
 
 
 def save_checkpoint(folder: Path, step: int, student, tokenizer, training: dict, state: dict, keep: int = 2,
-                    projectors: torch.nn.Module | None = None) -> Path:
-    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints."""
+                    projectors: torch.nn.Module | None = None, student_state: dict | None = None) -> Path:
+    """Write checkpoint ``step`` atomically; keep the newest ``keep`` checkpoints. ``student_state``:
+    the student's whole state when the module holds only a shard of it (distiller/sharding.py)."""
 
     def fill(tmp: Path) -> None:
-        student.save_pretrained(tmp / "student", safe_serialization=True)
+        student.save_pretrained(tmp / "student", safe_serialization=True, state_dict=student_state)
         tokenizer.save_pretrained(tmp / "student")
         torch.save(training, tmp / "training.pt")
         if projectors is not None:

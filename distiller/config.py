@@ -18,6 +18,8 @@ ACROSS_TOKENIZERS = ("dskd-cma", "uld")  # the modes that take two vocabularies
 # kd: DDK's γ in CE + γ·KD (Eq. 3); the others: DSKD's w in (1 − w)·CE + w·KD (docs/distillation.md).
 DEFAULT_KD_WEIGHT = {"kd": 0.2, "dskd": 0.5, "dskd-cma": 0.5, "uld": 0.5}
 PRECISIONS = ("no", "bf16", "fp16")
+SHARDINGS = ("ddp", "fsdp")  # how several processes hold the student (distiller/sharding.py, docs/sharded.md)
+DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass
@@ -26,7 +28,8 @@ class DistillConfig:
     student: str
     output_dir: str
     steps: int = 300
-    batch_size: int = 8  # rows per process and step
+    batch_size: int = 8  # rows per process and micro-batch
+    grad_accum: int = 1  # micro-batches per step: a step's global batch is batch_size × grad_accum × processes
     block_size: int = 256  # tokens per row (capped by the models' context)
     lr: float = 2e-3
     min_lr: float = 2e-4
@@ -49,7 +52,9 @@ class DistillConfig:
     resume: bool = False
     seed: int = 0
     chunk_size: int = 256  # positions per chunk of the fused head + divergence (bench/loss_memory.py)
-    mixed_precision: str = "no"  # "bf16" where the device supports it
+    mixed_precision: str = "no"  # "bf16" where the device supports it: autocast, the weights stay float32
+    sharding: str = "ddp"  # ddp: every process holds the whole student; fsdp: each holds a shard (FSDP2)
+    device: str = "auto"  # auto: cuda where there is one, else cpu
     log_every: int = 10
     progress: bool = True
 
@@ -62,7 +67,7 @@ class DistillConfig:
             self.kd_weight = DEFAULT_KD_WEIGHT[self.kd]
         counts = {"steps": self.steps, "batch_size": self.batch_size, "block_size": self.block_size,
                   "interval": self.interval, "val_blocks": self.val_blocks, "save_every": self.save_every,
-                  "log_every": self.log_every, "chunk_size": self.chunk_size}
+                  "log_every": self.log_every, "chunk_size": self.chunk_size, "grad_accum": self.grad_accum}
         for name, value in counts.items():
             if not (isinstance(value, int) and value >= 1):
                 raise InputError(f"{name} must be a whole number >= 1, got {value!r}")
@@ -81,6 +86,17 @@ class DistillConfig:
                              "or fixed:<domain>=<weight>,…")
         if self.mixed_precision not in PRECISIONS:
             raise InputError(f"--mixed-precision {self.mixed_precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if self.sharding not in SHARDINGS:
+            raise InputError(f"--sharding {self.sharding!r}: choose one of {', '.join(SHARDINGS)}")
+        if self.sharding == "fsdp" and self.mixed_precision == "fp16":  # fp16's loss scaler is not wired to shards
+            raise InputError("--sharding fsdp trains in float32 or --mixed-precision bf16, not fp16")
+        if self.device not in DEVICES:
+            raise InputError(f"--device {self.device!r}: choose one of {', '.join(DEVICES)}")
+        import torch
+
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise InputError("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False); "
+                             "use --device cpu, or auto")
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.initial_ratios is not None:

@@ -8,9 +8,11 @@ weights, and the sampler draws from them. The paper's baselines are settings of 
 dskd-cma, uld) are the same loop with another loss per batch (distiller/step.py); with two
 tokenizers each row carries both tokenizations of one text and DDK's ratios are in bits per byte.
 
-One code path on one CPU and under ``accelerate launch`` (DDP): every rank holds the same sampler
-and takes its slice of each global batch; per-domain losses are summed across ranks so every rank
-computes the same weights.
+One code path on one CPU and under ``accelerate launch``: every rank holds the same sampler and
+takes its slice of each global batch; per-domain losses are summed across ranks so every rank
+computes the same weights. The student is replicated (DDP) or sharded (``sharding="fsdp"``: FSDP2,
+distiller/sharding.py); a step may gather its batch over ``grad_accum`` micro-batches; the logged
+loss is the global batch's, whatever the number of processes (docs/sharded.md).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from pathlib import Path
 import torch
 
 from distiller import checkpoint as ckpt
+from distiller import sharding
 from distiller.config import DistillConfig, check_mode, same_vocabulary
 from distiller.data import DomainSampler
 from distiller.ddk import Mixture, MixtureState, ratios_from_perplexities
@@ -87,8 +90,9 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     from accelerate import Accelerator
     from tqdm.auto import tqdm
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=config.mixed_precision)
+    accelerator = Accelerator(cpu=on_cpu(config.device), mixed_precision=config.mixed_precision)
     rank, world = accelerator.process_index, accelerator.num_processes
+    sharded = config.sharding == "fsdp" and world > 1  # one process has nothing to shard across
     output = Path(config.output_dir)
     output.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(config.seed)
@@ -105,19 +109,27 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     projectors = make_projectors(config.kd, config.kd_weight, models.student, models.teacher, pairs)
     if projectors is not None:
         projectors.to(accelerator.device)
-    optimizer, scheduler = _optimizer(config, models.student, projectors)
-    student, optimizer, scheduler = accelerator.prepare(models.student, optimizer, scheduler)
+    # The scheduler is not prepared: Accelerate's steps once per process per step (it assumes the
+    # steps were divided by the processes); here a step is one global batch whatever the processes.
+    if sharded:
+        student = sharding.shard(models.student, accelerator.device, world)
+        optimizer, scheduler = _optimizer(config, student, projectors)  # over the shards
+        optimizer = accelerator.prepare(optimizer)
+    else:
+        optimizer, scheduler = _optimizer(config, models.student, projectors)
+        student, optimizer = accelerator.prepare(models.student, optimizer)
     unwrapped = accelerator.unwrap_model(student)
     sampler = DomainSampler(data.rows, {d: 1.0 for d in domains}, seed=config.seed, collate=data.collate)
 
     started_setup = time.perf_counter()
     resumed = ckpt.latest_good(output / "checkpoints") if config.resume else None
     if resumed is not None:
-        start_step, ddk = _resume(*resumed, unwrapped, optimizer, scheduler, sampler, projectors)
+        start_step, ddk = _resume(*resumed, unwrapped, optimizer, scheduler, sampler, projectors, rank)
     else:
         start_step, teacher_loss = 0, data.measure(models.teacher, models.teacher_tokenizer)
-        ratios = config.initial_ratios or ratios_from_perplexities(
-            data.measure(student, models.tokenizer), teacher_loss)
+        with sharding.gathered(student):
+            ratios = config.initial_ratios or ratios_from_perplexities(
+                data.measure(student, models.tokenizer), teacher_loss)
         ddk = MixtureState.start(mixture, _covering(ratios, domains), teacher_loss, data.natural)
         _log_mixture(accelerator, 0, ddk)
     sampler.set_weights(ddk.weights)
@@ -131,28 +143,39 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     trained = list(student.parameters()) + (list(projectors.parameters()) if projectors is not None else [])
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="distill",
                disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True, file=progress_stream)
-    tokens, ddk_seconds, smooth, loop_started = 0, 0.0, None, time.perf_counter()
+    tokens, ddk_seconds, smooth, loop_started, curve = 0, 0.0, None, time.perf_counter(), {}
     student.train()
     for step in bar:
-        rows, _ = sampler.next_batch(config.batch_size, rank=rank, world_size=world)
-        with accelerator.autocast():
-            loss, ce, kd = step_loss(rows.to(accelerator.device))
-        if not torch.isfinite(loss):
-            raise DistillError(f"the loss became {loss.item()} at step {step}; the last good checkpoint in "
-                               f"{output / 'checkpoints'} is kept (lower --lr, or check the data)")
-        accelerator.backward(loss)
+        rows, _ = sampler.next_batch(config.batch_size * config.grad_accum, rank=rank, world_size=world)
+        terms = torch.zeros(3, device=accelerator.device)  # loss, ce, kd of this rank's rows
+        for i, micro in enumerate(rows.split(config.batch_size)):
+            with sharding.no_sync(student, accelerator, sync=i == config.grad_accum - 1):
+                with accelerator.autocast():
+                    loss, ce, kd = step_loss(micro.to(accelerator.device))
+                if not torch.isfinite(loss):
+                    raise DistillError(f"the loss became {loss.item()} at step {step}; the last good checkpoint in "
+                                       f"{output / 'checkpoints'} is kept (lower --lr, or check the data)")
+                accelerator.backward(loss / config.grad_accum)  # the gradient of the step's mean loss
+            terms += torch.stack([loss.detach(), ce.detach(), kd.detach()]).float() / config.grad_accum
         sync_gradients(accelerator, projectors)
-        accelerator.clip_grad_norm_(trained, config.grad_clip)
+        if sharded:
+            sharding.clip_grad_norm(trained, config.grad_clip)
+        else:
+            accelerator.clip_grad_norm_(trained, config.grad_clip)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
         tokens += len(rows) * models.block * world
-        smooth = loss.item() if smooth is None else 0.9 * smooth + 0.1 * loss.item()
+        # The global batch's loss (each rank's is of its own rows): what one process would log.
+        loss, ce, kd = (accelerator.reduce(terms, reduction="mean") if world > 1 else terms).tolist()
+        curve[done] = loss
+        smooth = loss if smooth is None else 0.9 * smooth + 0.1 * loss
 
         if done % config.interval == 0 and done < config.steps:  # Eq. 2 every K steps
             started_ddk = time.perf_counter()
-            ddk.update(mixture, data.measure(student, models.tokenizer), done)
+            with sharding.gathered(student):
+                ddk.update(mixture, data.measure(student, models.tokenizer), done)
             sampler.set_weights(ddk.weights)
             _check_ranks_agree(accelerator, ddk.weights, done)
             ddk_seconds += time.perf_counter() - started_ddk
@@ -161,7 +184,7 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
             rate = tokens / (time.perf_counter() - loop_started)
             bar.set_postfix(loss=f"{smooth:.3f}", tok_s=f"{rate:,.0f}",
                             w=" ".join(f"{d[:4]}:{w:.2f}" for d, w in ddk.weights.items()))
-            _log_metrics(accelerator, done, {"loss": loss.item(), "ce": ce.item(), "kd": kd.item(),
+            _log_metrics(accelerator, done, {"loss": loss, "ce": ce, "kd": kd,
                                              "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
         if done % config.save_every == 0 or done == config.steps:
             _save(accelerator, config, done, unwrapped, models.tokenizer, optimizer, scheduler, sampler, ddk,
@@ -172,8 +195,12 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     # Each rank records the weights it sampled with (they agree: checked at every update).
     (output / f"ddk_history.rank{rank}.json").write_text(json.dumps(ddk.history, indent=1))
     final = output / "student"  # a standard transformers folder, written atomically
+    whole = sharding.full_state_dict(unwrapped) if sharded else None  # every rank takes part
     if accelerator.is_main_process:
-        write_atomic_folder(final, lambda tmp: (unwrapped.save_pretrained(tmp, safe_serialization=True),
+        # The global batch's loss at each step this run trained (a resumed run: from its checkpoint on).
+        (output / "loss_curve.json").write_text(json.dumps({str(k): v for k, v in curve.items()}, indent=1))
+        write_atomic_folder(final, lambda tmp: (unwrapped.save_pretrained(tmp, safe_serialization=True,
+                                                                          state_dict=whole),
                                                 models.tokenizer.save_pretrained(tmp)))
     accelerator.wait_for_everyone()
     return DistillResult(student_dir=final, steps=config.steps, weights=ddk.weights, ratios=ddk.ratios,
@@ -211,17 +238,27 @@ def _covering(ratios: dict[str, float], domains) -> dict[str, float]:
     return {d: ratios[d] for d in domains}
 
 
-def _resume(path: Path, state: dict, unwrapped, optimizer, scheduler, sampler, projectors):
-    """Load the checkpoint at ``path`` into the run: (the step it ends, its mixture state)."""
+def on_cpu(device: str) -> bool:
+    """Whether ``--device`` (auto | cpu | cuda; config.py refuses cuda where there is none) runs on the CPU."""
+    return device == "cpu" or not torch.cuda.is_available()
+
+
+def _resume(path: Path, state: dict, unwrapped, optimizer, scheduler, sampler, projectors, rank: int):
+    """Load the checkpoint at ``path`` into the run: (the step it ends, its mixture state). The
+    checkpoint is whole (single-process format) whether the run that wrote it was sharded or not."""
     from transformers import AutoModelForCausalLM
 
-    unwrapped.load_state_dict(AutoModelForCausalLM.from_pretrained(path / "student").state_dict())
+    sharding.load_full_state_dict(unwrapped, AutoModelForCausalLM.from_pretrained(path / "student").state_dict())
     training = ckpt.load_training(path)
     if projectors is not None:
         projectors.load_state_dict(ckpt.load_projectors(path))
-    optimizer.load_state_dict(training["optimizer"])
+    if sharding.is_sharded(unwrapped):
+        sharding.load_optimizer_state(optimizer, training["optimizer"])
+    else:
+        optimizer.load_state_dict(training["optimizer"])
     scheduler.load_state_dict(training["scheduler"])
-    torch.set_rng_state(training["rng"])
+    ranks = training.get("rng_per_rank") or []  # each rank's own generator, when saved by as many ranks
+    torch.set_rng_state(ranks[rank] if rank < len(ranks) else training["rng"])
     sampler.load_state_dict(state["sampler"])
     ddk = MixtureState(weights=state["weights"], factor=state["factor"], ratios=state["ratios"],
                        teacher=state["ppl_teacher"], history=state["history"])
@@ -229,18 +266,26 @@ def _resume(path: Path, state: dict, unwrapped, optimizer, scheduler, sampler, p
 
 
 def _save(accelerator, config, step, student, tokenizer, optimizer, scheduler, sampler, ddk, projectors) -> None:
-    """A checkpoint of everything a resumed run needs, never of weights a step has already broken."""
-    broken = [name for name, p in student.named_parameters() if not torch.isfinite(p).all()]
+    """A checkpoint of everything a resumed run needs, never of weights a step has already broken.
+    A sharded student and its optimiser state are gathered whole first (every rank takes part)."""
+    from accelerate.utils import gather_object
+
+    sharded = sharding.is_sharded(student)
+    whole = sharding.full_state_dict(student) if sharded else None
+    weights = whole.items() if sharded else student.named_parameters()
+    broken = [name for name, p in weights if not torch.isfinite(p).all()]
     if broken:  # a finite loss can still be followed by an update that overflows the weights
         raise DistillError(f"the weights became non-finite after step {step} ({', '.join(broken[:3])}…); the last "
                            "good checkpoint is kept: lower --lr or resume from it")
     state = {"sampler": sampler.state_dict(), "weights": ddk.weights, "factor": ddk.factor, "ratios": ddk.ratios,
              "history": ddk.history, "ppl_teacher": ddk.teacher, "config": asdict(config)}
-    training = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "rng": torch.get_rng_state()}
+    training = {"optimizer": sharding.full_optimizer_state(optimizer) if sharded else optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()}
+    if accelerator.num_processes > 1:
+        training["rng_per_rank"] = gather_object([torch.get_rng_state()])
     if accelerator.is_main_process:
         ckpt.save_checkpoint(Path(config.output_dir) / "checkpoints", step, student, tokenizer, training, state,
-                             keep=config.keep_checkpoints, projectors=projectors)
+                             keep=config.keep_checkpoints, projectors=projectors, student_state=whole)
     accelerator.wait_for_everyone()
 
 
