@@ -43,12 +43,16 @@ class Prepared:
     tokens_per_s: float = 0.0  # over the pieces tokenized by this run
 
 
-def store_key(tokenizer: dict, sources: dict, max_document_tokens: int) -> str:
-    """The digest of everything the store's bytes depend on."""
+def store_key(tokenizer: dict, sources: dict, max_document_tokens: int, provenance: dict | None = None) -> str:
+    """The digest of everything the store's bytes depend on, and of where its domain labels came
+    from (``provenance``: the classifier that sorted the documents), so a corpus labelled by another
+    classifier is another store."""
     content = {"format": FORMAT, "version": VERSION, "piece_bytes": corpus.PIECE_BYTES, "tokenizer": tokenizer["sha256"],
                "eos": tokenizer["eos_id"], "max_document_tokens": max_document_tokens,
                "sources": {d: {s: [(f["kind"], f["sha256"]) for f in files] for s, files in splits.items()}
                            for d, splits in sources.items()}}
+    if provenance:  # absent, the key stays what it was before provenance existed
+        content["provenance"] = provenance
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -198,11 +202,13 @@ def _publish(partial: Path, out: Path) -> None:
 
 
 def prepare(corpora: dict[str, dict[str, list[Path]]], tokenizer, out: Path | None = None, *, root: Path | None = None,
-            workers: int | None = None, max_document_tokens: int = MAX_DOCUMENT_TOKENS, progress_stream=None) -> Prepared:
+            workers: int | None = None, max_document_tokens: int = MAX_DOCUMENT_TOKENS, progress_stream=None,
+            provenance: dict | None = None) -> Prepared:
     """Make (or find) the token store of ``corpora`` ({domain: {"train": paths, "validation":
     paths}}) tokenized by ``tokenizer`` at ``out``, or when no ``out`` is given at ``root/<key>``
-    (content-addressed: the same inputs find the same store). Bad input (``InputError``) names the
-    file, domain or tokenizer at fault."""
+    (content-addressed: the same inputs find the same store). ``provenance`` (e.g. the fingerprint of
+    the classifier that labelled the corpora) goes into the manifest and the key. Bad input
+    (``InputError``) names the file, domain or tokenizer at fault."""
     started = time.perf_counter()
     meta = tokenizer_fingerprint(tokenizer)
     dtype = token_dtype(meta["vocab_size"])
@@ -212,12 +218,15 @@ def prepare(corpora: dict[str, dict[str, list[Path]]], tokenizer, out: Path | No
         for split in SPLITS:
             if not splits[split]:
                 raise InputError(f"domain {domain!r} has no {split} corpus: give it a file or folder")
-    key = store_key(meta, sources, max_document_tokens)
+    key = store_key(meta, sources, max_document_tokens, provenance)
     out = Path(out) if out is not None else Path(root) / key[:16]
     old = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else None
     if old is not None and old.get("key") == key:
         return Prepared(out, key, old, up_to_date=True, seconds=time.perf_counter() - started)
     changes = changes_between(old, meta, sources) if old is not None else []
+    if old is not None and old.get("provenance") != provenance:  # e.g. labelled by another classifier
+        changes = [c for c in changes if not c.startswith("the store's settings")]
+        changes.insert(0, f"the provenance changed ({old.get('provenance')} → {provenance})")
 
     partial = out.parent / f".{out.name}.partial-{key[:16]}"
     for stale in out.parent.glob(f".{out.name}.partial-*"):
@@ -243,7 +252,7 @@ def prepare(corpora: dict[str, dict[str, list[Path]]], tokenizer, out: Path | No
             domains[domain][split] = entry
     manifest = {"format": FORMAT, "version": VERSION, "key": key, "tokenizer": meta, "dtype": dtype.name,
                 "separator": "end-of-text before every document", "max_document_tokens": max_document_tokens,
-                "domains": domains}
+                "domains": domains, **({"provenance": provenance} if provenance else {})}
     write_atomic_text(partial / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     _publish(partial, out)
     return Prepared(out, key, manifest, up_to_date=False, changes=changes, seconds=time.perf_counter() - started,

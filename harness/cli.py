@@ -134,7 +134,7 @@ def cmd_distill(args) -> int:
 
     # Under a multi-process launch, one process tracks. Accelerate enters its multi-CPU mode only
     # when told it runs on the CPU, so say so where there is no GPU.
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=args.device == "cpu" or not torch.cuda.is_available())
     suite = open_suite(args.suite)
     if bool(args.teacher) != bool(args.student):
         raise BadInput("give both --teacher and --student, or neither for the demo pair")
@@ -157,7 +157,8 @@ def cmd_distill(args) -> int:
             block_size=args.block_size, lr=args.lr, kd=args.kd, kd_weight=args.kd_weight,
             projector_lr=args.projector_lr, temperature=args.temperature, divergence=args.divergence,
             mixture=args.mixture, interval=args.interval, initial_ratios=ratios, save_every=args.save_every,
-            resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision)
+            resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision,
+            grad_accum=args.grad_accum, sharding=args.sharding, device=args.device)
         check_pair(teacher, student, args.kd, config.kd_weight)  # e.g. two tokenizers under --kd kd, before a run
         # One process tokenizes the corpus (or finds it tokenized); the others then find it.
         store = Path(args.store) if args.store else None
@@ -196,8 +197,8 @@ def distill_report(result, domains: list[str]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from distiller.config import DEFAULT_KD_WEIGHT, KD_MODES, PRECISIONS, DistillConfig
-    from harness import cli_loop, cli_prepare, dashboard
+    from distiller.config import DEFAULT_KD_WEIGHT, DEVICES, KD_MODES, PRECISIONS, SHARDINGS, DistillConfig
+    from harness import cli_classify, cli_loop, cli_prepare, dashboard
 
     parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
@@ -256,10 +257,17 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--store", help="a token store from `kdh prepare` (default: the suite's corpora, prepared on first use)")
     di.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in --out")
     di.add_argument("--seed", type=int, default=0)
-    di.add_argument("--mixed-precision", default=DistillConfig.mixed_precision, choices=PRECISIONS)
+    di.add_argument("--mixed-precision", default=DistillConfig.mixed_precision, choices=PRECISIONS,
+                    help="bf16: autocast on CPU and GPU, the weights and optimiser stay float32")
+    di.add_argument("--grad-accum", type=int, default=DistillConfig.grad_accum,
+                    help="micro-batches of --batch-size rows per step and process (docs/sharded.md)")
+    di.add_argument("--sharding", default=DistillConfig.sharding, choices=SHARDINGS,
+                    help="under accelerate launch: ddp (each process a whole student) or fsdp (FSDP2 shards)")
+    di.add_argument("--device", default=DistillConfig.device, choices=DEVICES)
     di.add_argument("--tracking-uri")
     cli_loop.add_verbs(verbs)  # gate, promote, loop
     cli_prepare.add_verbs(verbs)  # prepare
+    cli_classify.add_verbs(verbs)  # classify
     dashboard.add_verb(verbs)
     return parser
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from harness import console
-from harness.errors import EXIT_GATE_FAILED, EXIT_PASS
+from harness.errors import EXIT_GATE_FAILED, EXIT_PASS, BadInput
 from harness.inputs import add_verb, model_or_demo, open_suite
 from harness.report import table
 
@@ -27,12 +27,14 @@ def cmd_prepare(args) -> int:
     uri = tracking.connect(args.tracking_uri)
     suite = open_suite(args.suite)
     tokenizer = args.tokenizer or model_or_demo(None, "student")
-    given = corpora.suite_corpora(suite, corpora.parse_corpus_flags(args.corpus, "--corpus"),
-                                  corpora.parse_corpus_flags(args.validation, "--validation"))
+    train, provenance = corpora.parse_corpus_flags(args.corpus, "--corpus"), None
+    if args.classified:
+        train, provenance = classified_corpora(args.classified, train)
+    given = corpora.suite_corpora(suite, train, corpora.parse_corpus_flags(args.validation, "--validation"))
     console.note(f"kdh prepare · suite '{suite.name}' · tokenizer {tokenizer} · tracking {tracking.redact(uri)}")
     with tracking.tracked_run(suite.name, "prepare", f"prepare {suite.name}") as run:
         prepared = corpora.store_for(suite, tokenizer, out=Path(args.out) if args.out else None, corpora=given,
-                                     workers=args.workers)
+                                     workers=args.workers, provenance=provenance)
         from distiller.store import TokenStore
 
         store = TokenStore(prepared.root)
@@ -48,7 +50,8 @@ def cmd_prepare(args) -> int:
         mlflow.log_table(check.table, artifact_file="tables/corpus.json")
         mlflow.log_table(report, artifact_file="tables/contamination.json")
         mlflow.log_table(verdict, artifact_file="tables/contamination_checks.json")
-        mlflow.set_tags({"kdh.store": str(prepared.root), "kdh.corpus_checks": "pass" if check.passed else "fail"})
+        mlflow.set_tags({"kdh.store": str(prepared.root), "kdh.corpus_checks": "pass" if check.passed else "fail",
+                         **({"kdh.classifier": provenance["classifier"]} if provenance else {})})
 
     if prepared.up_to_date:
         console.say(f"Token store up to date: {prepared.root} (nothing to tokenize)")
@@ -70,6 +73,19 @@ def cmd_prepare(args) -> int:
     return EXIT_GATE_FAILED if (verdict["status"] == "fail").any() else EXIT_PASS
 
 
+def classified_corpora(folder: str, given: dict[str, list[Path]]) -> tuple[dict[str, list[Path]], dict]:
+    """The training corpora of a `kdh classify` output folder, and its provenance for the manifest;
+    the unknown bucket is left out, and said so."""
+    from harness.classify_corpus import read_classified
+
+    if given:
+        raise BadInput(f"--classified and --corpus both give training corpora ({', '.join(given)}); use one")
+    train, provenance = read_classified(Path(folder))
+    console.note(f"  training corpora from {folder} (classifier {provenance['classifier'][:12]}); left out: "
+                 f"{provenance['unknown_documents']:,} unknown documents")
+    return train, provenance
+
+
 def add_verbs(verbs) -> None:
     pr = add_verb(verbs, "prepare", cmd_prepare, "tokenize the suite's corpora into a token store, check them and "
                   "their overlap with the test slices (exit 1 above the suite's max_contamination)",
@@ -78,6 +94,9 @@ def add_verbs(verbs) -> None:
     pr.add_argument("--corpus", action="append", metavar="DOMAIN=PATH",
                     help="a training corpus for a domain instead of the suite's `train:` (repeatable; a JSON Lines "
                          "or Parquet file, a folder of them or of text files, or a dataset saved with save_to_disk)")
+    pr.add_argument("--classified", metavar="DIR",
+                    help="the output folder of `kdh classify`: its per-domain files as the training corpora (its "
+                         "unknown documents left out; the classifier's fingerprint recorded in the store)")
     pr.add_argument("--validation", action="append", metavar="DOMAIN=PATH",
                     help="a validation corpus for a domain instead of the suite's `validation:` (repeatable)")
     pr.add_argument("--workers", type=int, help="tokenizing processes (default: one per core)")

@@ -62,14 +62,16 @@ def load_tokenizer(source: str):
 
 
 def store_for(suite: Suite, tokenizer_source: str, *, out: Path | None = None,
-              corpora: dict[str, dict[str, list[Path]]] | None = None, workers: int | None = None):
-    """The suite's token store for this tokenizer: found when it is there, made when it is not."""
+              corpora: dict[str, dict[str, list[Path]]] | None = None, workers: int | None = None,
+              provenance: dict | None = None):
+    """The suite's token store for this tokenizer: found when it is there, made when it is not.
+    ``provenance`` (where the corpora's domain labels came from) goes into its manifest and key."""
     from distiller.prepare import prepare
 
     tokenizer = load_tokenizer(tokenizer_source)
     with distill_errors():
         return prepare(corpora or suite_corpora(suite), tokenizer, out, root=home.kdh_home() / "stores",
-                       workers=workers, progress_stream=console.progress_stream())
+                       workers=workers, progress_stream=console.progress_stream(), provenance=provenance)
 
 
 def contamination(suite: Suite, store_dir: Path, tokenizer_source: str) -> pd.DataFrame:

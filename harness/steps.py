@@ -153,6 +153,8 @@ def distill(suite: Suite, config, run_name: str, params: dict | None = None, sto
     with tracking.tracked_run(suite.name, "distill", run_name, nested=tracking.active()) as run:
         mlflow.log_params({k: str(v) for k, v in vars(config).items()} | {"suite": suite.name, "store": str(store),
                                                                           **(params or {})})
+        if classifier := labelled_by(store):  # the store's corpus was sorted into domains by `kdh classify`
+            mlflow.set_tag("kdh.classifier", classifier)
         with errors.distill_errors():
             result = trainer.distill(config, store, [d.name for d in suite.domains],
                                      progress_stream=console.progress_stream())
@@ -163,6 +165,19 @@ def distill(suite: Suite, config, run_name: str, params: dict | None = None, sto
         mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
         mlflow.set_tag("kdh.student_dir", str(result.student_dir))
     return DistillOutcome(result, run.info.run_id, f"{run.info.artifact_uri.rstrip('/')}/student")
+
+
+def labelled_by(store: Path) -> str | None:
+    """The fingerprint of the classifier that labelled a token store's corpus (docs/classify.md), if one did."""
+    import json
+
+    manifest = Path(store) / "manifest.json"
+    if not manifest.is_file():
+        return None  # not a store: the trainer says so
+    try:
+        return (json.loads(manifest.read_text()).get("provenance") or {}).get("classifier")
+    except ValueError:
+        return None
 
 
 def newest_student(suite: Suite) -> Path | None:
