@@ -66,7 +66,10 @@ def start_mlflow_server(backend_uri: str, folder: Path, *args: str, workers: int
         proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
              "--workers", str(workers), "--backend-store-uri", backend_uri, *args],
-            stdout=out, stderr=subprocess.STDOUT, env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+            stdout=out, stderr=subprocess.STDOUT,
+            # Without job execution: MLflow 3 otherwise starts a job runner and seven huey consumers
+            # (for its GenAI jobs, which kdh never uses), 20 CPU-seconds of imports at each start.
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     try:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
