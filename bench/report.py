@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from bench.distill_step import BATCH, BLOCK, INTERVAL, best, flops_per_token, overhead
-from bench.report_models import cross_vocab_section, scoring_memory_section
+from bench.report_models import classify_section, cross_vocab_section, scoring_memory_section
 
 MIB = 2 ** 20
 DOMAINS = ("code", "prose", "arithmetic", "records")
@@ -302,7 +302,8 @@ def store_section(data: dict, folder: Path, goals: list) -> list[str]:
 
 def write_report(folder: Path, out: Path) -> Path:
     step, scoring, ddk, growth = (_load(folder, n) for n in ("distill-step", "scoring", "ddk", "growth"))
-    store, cross_vocab, scoring_memory = (_load(folder, n) for n in ("store-scale", "cross-vocab", "scoring-memory"))
+    store, cross_vocab, scoring_memory, classify = (_load(folder, n) for n in ("store-scale", "cross-vocab",
+                                                                               "scoring-memory", "classify"))
     goals: list[tuple[str, str, bool]] = []
     body: list[str] = []
     if step:
@@ -331,6 +332,8 @@ def write_report(folder: Path, out: Path) -> Path:
         body += cross_vocab_section(cross_vocab, goals)
     if scoring_memory:
         body += scoring_memory_section(scoring_memory, goals)
+    if classify:
+        body += classify_section(classify, goals)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
             ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 75 "

@@ -49,3 +49,42 @@ def scoring_memory_section(data: dict, goals: list) -> list[str]:
                   f"{peak:.2f} GiB; largest score difference {data['max_abs_difference']:g}",
                   peak < 3 * 1e9 / GIB and data["max_abs_difference"] <= 1e-6))
     return lines + [""]
+
+
+def classify_section(data: dict, goals: list) -> list[str]:
+    lines = ["## 10. Domain classification of unlabelled corpora (`kdh classify`)", "",
+             ("A hashed-n-gram multinomial logistic regression (harness/classify.py; why: [classify.md](classify.md)), "
+              "script [bench/classify.py](../bench/classify.py).")]
+    acc = data.get("accuracy")
+    if acc:
+        domains = list(acc["documents"])
+        held = sum(d["held_out"] for d in acc["documents"].values())
+        lines += ["", (f"**Accuracy**: trained on half of each domain of the {acc['world']} demo world, tested on the other "
+                       f"half ({held:,} documents): **{100 * acc['accuracy']:.1f}%**, fitted in "
+                       f"{acc['train_cpu_seconds']:.1f} CPU-seconds. Confusion (rows: the true domain):"), "",
+                  "| domain | " + " | ".join(f"→ {d}" for d in domains) + " | recall |",
+                  "|---|" + "---:|" * (len(domains) + 1)]
+        for row in acc["confusion"]:
+            lines.append(f"| {row['domain']} | " + " | ".join(f"{row['→ ' + d]:,}" for d in domains)
+                         + f" | {100 * row['recall']:.1f}% |")
+        goals.append(("`kdh classify` held-out accuracy ≥ 95% on the demo world (half of each domain)",
+                      f"{100 * acc['accuracy']:.1f}%", acc["accuracy"] >= 0.95))
+    speed = data.get("throughput")
+    if speed:
+        lines += ["", (f"**Throughput**: {speed['documents']:,} documents of {speed['mean_bytes']:,.0f} bytes on "
+                       f"{speed['workers']} workers: {speed['seconds']:.1f} s, **{speed['documents_per_s']:,.0f} "
+                       f"documents/s** (load average {speed['load_average_at_start']:.1f} at the start); the model alone "
+                       f"{speed['model_documents_per_s_per_core']:,.0f} documents/s on one core.")]
+        goals.append(("`kdh classify` ≥ 10,000 documents/s of ~1 KB on 2 cores",
+                      f"{speed['documents_per_s']:,.0f} documents/s", speed["documents_per_s"] >= 10_000))
+    mix = data.get("mixture")
+    if mix:
+        lines += ["", (f"**The loop on classified data**: the {mix['world']} world's training documents ({mix['documents']:,}) "
+                       "mixed without labels, classified, prepared and distilled "
+                       f"({mix['steps']} steps, DDK every {mix['interval']}), against the same run on the labelled corpus: "
+                       "final DDK weights"), "", "| domain | labelled | classified | gap (points) |", "|---|---:|---:|---:|"]
+        for d, w in mix["weights"]["labelled"].items():
+            lines.append(f"| {d} | {w:.3f} | {mix['weights']['classified'][d]:.3f} | {mix['gap_points'][d]:.2f} |")
+        goals.append(("DDK mixture from a classified corpus within 2 points of the labelled one",
+                      f"largest gap {mix['max_gap_points']:.2f} points", mix["max_gap_points"] <= 2))
+    return lines + [""]
