@@ -14,6 +14,14 @@ from harness import home
 pytest_plugins = ["pytester", "servers"]  # pytester: the kdh plugin in a subprocess (test_gate_cli.py); servers: tests/servers.py
 
 REPO = Path(__file__).resolve().parent.parent
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under `pytest -n 2` (.ci/run) two workers share the cores: one thread each, in this process and
+    # in every kdh process a test starts, rather than four threads on two cores.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
 TEMPLATES = REPO / "suites" / "tasks"
 
 
@@ -32,6 +40,19 @@ def kdh_env(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    """Streamlit's AppTest runs the dashboard as ``__main__`` and leaves it there; every process
+    spawned afterwards (the tokenizing pool of `prepare`) would then re-run the whole app on start
+    (an MLflow store, seconds a worker). Each test gets back the ``__main__`` it started with."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None:
+        sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")
