@@ -19,6 +19,9 @@ def cross_vocab_section(data: dict, goals: list) -> list[str]:
         for mode, r in entry["modes"].items():
             lines.append(f"| {label} | {mode} | {r['step_s']:.1f} | {r['vs_kd']:.2f}× | {r['peak_rss_mb']:,.0f} MB "
                          f"| {entry.get('load_average', 'idle')} |")
+    lines += ["", "Each row's command (the first two labels ran on models with tied embeddings, built outside the "
+              "bench; the last on the bench's own, tests/families.py, on an idle machine): "
+              + "; ".join(f"*{label}*: `{entry['command']}`" for label, entry in data.items()) + "."]
     last = list(data.values())[-1]["modes"]
     worst = max(r["vs_kd"] for m, r in last.items() if m != "kd")
     goals.append(("cross-vocabulary steps (uld, dskd-cma) within 1.5× of kd at 152k entries",
