@@ -9,7 +9,10 @@ Each part is its own script (run alone for a quicker look) and saves its results
 distill_step (kdh vs TRL's GKD vs a bare loop, 1k and 50k vocabularies), scoring (kdh eval vs lm-eval,
 the cache), ddk (CPT, KD, DDK w/o smoothing and DDK over three seeds), growth (time against samples,
 domains, sequence length and vocabulary), store_scale (`kdh prepare` against the tokenizer alone, and a
-distillation's peak memory from 10M to 500M tokens; ~35 min).
+distillation's peak memory from 10M to 500M tokens; ~35 min), cross_vocab (the cross-tokenizer steps
+against kd at 152k entries), scoring_memory (kdh eval's peak memory at 152k entries, against lm-eval's
+own scorer), classify (kdh classify's accuracy, throughput and the loop on classified data) and
+sharded (one process against two, DDP and FSDP2; figures in docs/sharded.md).
 """
 
 from __future__ import annotations
@@ -29,6 +32,10 @@ PARTS = {
     "ddk": ["bench/ddk_comparison.py"],
     "growth": ["bench/growth.py"],
     "store_scale": ["bench/store_scale.py"],
+    "cross_vocab": ["bench/cross_vocab.py", "--label", "after, idle machine"],
+    "scoring_memory": ["bench/scoring_memory.py", "--limit", "8", "--batch-size", "4", "--cap-gb", "16"],
+    "classify": ["bench/classify.py", "--mixture-size", "tiny"],
+    "sharded": ["bench/sharded.py"],
 }
 
 
