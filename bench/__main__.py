@@ -1,7 +1,7 @@
 """Every benchmark in one command; writes docs/benchmarks.md and its plots.
 
     pip install -e ".[bench]"        # TRL and matplotlib, on top of the README's set-up
-    python -m bench                  # all of it, ~75 min on 2 cores; run it on an otherwise idle machine
+    python -m bench                  # all of it, ~100 min on 2 cores; run it on an otherwise idle machine
     python -m bench --only scoring growth
     python -m bench --render         # rewrite docs/benchmarks.md from docs/bench/*.json, measuring nothing
 

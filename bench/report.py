@@ -336,7 +336,7 @@ def write_report(folder: Path, out: Path) -> Path:
         body += classify_section(classify, goals)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
-            ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 75 "
+            ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 100 "
              "minutes on 2 cores; run it on an otherwise idle machine). Raw results: [docs/bench/](bench/)."), "",
             (f"Machine: {machine.get('cpus', '?')} CPU cores ({machine.get('cpu', '?')}, a VM), "
              f"{machine.get('memory_gib', 0):.0f} GiB, no GPU; torch {machine.get('torch', '?')}, Python "
