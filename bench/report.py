@@ -44,7 +44,7 @@ def distill_section(data: dict, folder: Path, goals: list) -> list[str]:
               "gradients, student forward and backward, CE + 0.2·forward KL over materialised logits, AdamW). **TRL "
               "GKD**: `GKDTrainer` with `lmbda=0, beta=0, seq_kd=False` (supervised, forward KL, no generations). "
               "Vocabulary 50,000: random-initialised models of the same shapes. Peak memory is the process's peak "
-              "RSS (CPU). Per-phase timings: [distill-step.md](distill-step.md)."), "",
+              "RSS (CPU). Per-phase timings: [docs/distill-step.md](distill-step.md)."), "",
              "| vocab | variant | tokens/s | vs bare | peak RSS | achieved GFLOP/s | of matmul peak |",
              "|---:|---|---:|---:|---:|---:|---:|"]
     figure = {}
@@ -254,8 +254,8 @@ def store_section(data: dict, folder: Path, goals: list) -> list[str]:
     lines = ["## 7. The token store at scale", "",
              ("GPT-2 tokenizer (uint16 ids), a generated corpus in two domains (stdlib source slices and word-sampled "
               "prose, ~450 tokens a document), script [bench/store_scale.py](../bench/store_scale.py); the choice of "
-              "format against datatrove and litdata is measured in [store-libraries.md](store-libraries.md), the "
-              "format in [token-store.md](token-store.md).")]
+              "format against datatrove and litdata is measured in [docs/store-libraries.md](store-libraries.md), the "
+              "format in [docs/token-store.md](token-store.md).")]
     if "throughput" in data:
         t = data["throughput"]
         goals.append((f"`kdh prepare` ≥ 0.9× the tokenizer's own batched encode ({t['millions']}M tokens)",

@@ -13,7 +13,7 @@ def cross_vocab_section(data: dict, goals: list) -> list[str]:
               "Qwen2 tokenizer, 151,646 entries); kd distils a Qwen2-tokenizer student, uld and dskd-cma a "
               "GPT-2-tokenizer one (2 × 128, 50,257 entries); batch 4 × 128, each mode in a fresh process, the median "
               "step after two warm-up steps (the sampler's batch with the teacher's re-tokenisation, forwards, loss, "
-              "backward, AdamW). Why and how: [families.md](families.md)."), "",
+              "backward, AdamW). Why and how: [docs/families.md](families.md)."), "",
              "| version | mode | s/step | × kd | peak RSS | load average |", "|---|---|---:|---:|---:|---|"]
     for label, entry in data.items():
         for mode, r in entry["modes"].items():
@@ -38,7 +38,7 @@ def scoring_memory_section(data: dict, goals: list) -> list[str]:
               f"world, {data['limit']} documents a slice; each run a fresh process, its peak resident memory (VmHWM). "
               "*Before*: lm-eval's own `HFLM`, which takes the log-softmax of the whole batch's logits; *after*: kdh's "
               "`BoundedHFLM`, the output layer a chunk of positions at a time. Script "
-              "[bench/scoring_memory.py](../bench/scoring_memory.py); how: [scoring-memory.md](scoring-memory.md)."),
+              "[bench/scoring_memory.py](../bench/scoring_memory.py); how: [docs/scoring-memory.md](scoring-memory.md)."),
              "", "| scorer | batch | peak RSS | scoring seconds |", "|---|---:|---:|---:|"]
     for r in data["runs"]:
         lines.append(f"| {r['variant']} | {r['batch_size']} | {r['peak_rss_kib'] * 1024 / GIB:.2f} GiB "
@@ -56,7 +56,7 @@ def scoring_memory_section(data: dict, goals: list) -> list[str]:
 
 def classify_section(data: dict, goals: list) -> list[str]:
     lines = ["## 10. Domain classification of unlabelled corpora (`kdh classify`)", "",
-             ("A hashed-n-gram multinomial logistic regression (harness/classify.py; why: [classify.md](classify.md)), "
+             ("A hashed-n-gram multinomial logistic regression (harness/classify.py; why: [docs/classify.md](classify.md)), "
               "script [bench/classify.py](../bench/classify.py).")]
     acc = data.get("accuracy")
     if acc:
