@@ -87,6 +87,19 @@ def _world():
     return ensure_world(kdh_home(), "default", progress=False)
 
 
+def world_store(world, student_dir: str):
+    """The demo world's train/validation text as a token store of the student's tokenizer (prepared
+    once per tokenizer in the kdh home: the same inputs find the same store)."""
+    from transformers import AutoTokenizer
+
+    from distiller.prepare import prepare
+    from harness.home import kdh_home
+
+    corpora = {d: {"train": [world.domain_file(d, "train.jsonl")],
+                   "validation": [world.domain_file(d, "validation.jsonl")]} for d in DOMAINS}
+    return prepare(corpora, AutoTokenizer.from_pretrained(student_dir), root=kdh_home() / "stores").root
+
+
 def _matmul_params(model) -> int:
     """Parameters that take part in a matmul per token: everything but a separate input embedding
     (a lookup). With tied embeddings the shared matrix is the LM head and counted once."""
@@ -246,10 +259,9 @@ def child_kdh(spec: dict) -> dict:
         config = trainer.DistillConfig(
             teacher=spec["teacher"], student=spec["student"], output_dir=str(output), steps=steps,
             batch_size=BATCH, block_size=BLOCK, kd_weight=KD_WEIGHT, mixture="ddk", interval=INTERVAL,
-            chunk_size=spec.get("chunk", CHUNK), save_every=10 ** 9, progress=False, seed=0)
-        domains = {d: (world.domain_file(d, "train.jsonl"), world.domain_file(d, "validation.jsonl"))
-                   for d in DOMAINS}
-        result = trainer.distill(config, domains)
+            val_blocks=spec.get("val_blocks", 32), chunk_size=spec.get("chunk", CHUNK), save_every=10 ** 9,
+            progress=False, seed=0)
+        result = trainer.distill(config, world_store(world, spec["student"]))
         end_peak = _peak()
     finally:
         shutil.rmtree(output, ignore_errors=True)
@@ -791,6 +803,9 @@ def main() -> None:
 
     if args.child:
         spec = json.loads(args.child)
+        # Another bench (bench/realistic.py) may run these children at its own shapes and DDK interval.
+        global BATCH, BLOCK, INTERVAL
+        BATCH, BLOCK, INTERVAL = spec.get("batch", BATCH), spec.get("block", BLOCK), spec.get("interval", INTERVAL)
         result = {"build": child_build, "matmul": child_matmul, "kdh": child_kdh, "kdh-chunk128": child_kdh,
                   "loss": child_loss,
                   "bare": lambda s: child_bare(s, fused=False),

@@ -101,6 +101,7 @@ def cmd_loop(args) -> int:
     # The corpus is tokenized (or found) now: bad data fails before the first scoring.
     store = Path(args.store) if args.store else corpora.store_for(suite, base).root
     settings = loop.LoopSettings(rounds=args.rounds, steps=args.steps, batch_size=args.train_batch_size,
+                                 block_size=args.block_size,
                                  kd=args.kd, kd_weight=kd_weight, interval=args.interval, seed=args.seed,
                                  promote=not args.no_promote, store=store)
     out = output_folder(args.out, "loop", suite.name)
@@ -145,6 +146,8 @@ def add_verbs(verbs) -> None:
     lo.add_argument("--rounds", type=int, default=1, help="repeat while weak domains remain (default 1)")
     lo.add_argument("--steps", type=int, default=DistillConfig.steps, help="distillation steps per round")
     lo.add_argument("--train-batch-size", type=int, default=DistillConfig.batch_size)
+    lo.add_argument("--block-size", type=int, default=DistillConfig.block_size,
+                    help="tokens per training row (capped by the models' context)")
     lo.add_argument("--kd", default=DistillConfig.kd, choices=KD_MODES,
                     help="the teacher signal, as kdh distill's --kd (dskd-cma and uld take two tokenizers)")
     lo.add_argument("--kd-weight", type=float, default=None, help="γ in CE + γ·KD (default: the --kd mode's)")
