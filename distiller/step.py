@@ -3,8 +3,9 @@
 - kd: DDK's Eq. 3, CE + γ·divergence(teacher ‖ student) over one vocabulary, through the fused
   chunked loss (losses.distillation_loss).
 - dskd: dual-space KD on one vocabulary; dskd-cma: DSKD with cross-model attention, any two
-  tokenizers; uld: universal logit distillation, any two tokenizers (distiller/dskd.py). These
-  weigh (1 − w)·CE + w·KD, and DSKD trains projectors between the two hidden spaces.
+  tokenizers (distiller/dskd.py); uld: universal logit distillation, any two tokenizers
+  (distiller/uld.py). These weigh (1 − w)·CE + w·KD, and DSKD trains projectors between the two
+  hidden spaces.
 - kd_weight 0 in any mode: continued pre-training (CPT), the student's CE alone, no teacher forward.
 
 Rows from two tokenizers (``paired``) carry the student's tokens, then the teacher's tokens of the
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from distiller.dskd import Projectors, Side, cma_loss, dual_space_loss, uld_loss
+from distiller.dskd import Projectors, Side, cma_loss, dual_space_loss
+from distiller.uld import uld_loss
 from distiller.losses import distillation_loss
 from distiller.measure import last_hidden
 from distiller.pairs import split_rows

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distiller.dskd import Side, uld_distance, uld_loss
+from distiller.dskd import Side
+from distiller.uld import uld_distance, uld_loss
 from families import FAMILIES, build_model
 
 TOKENIZERS = Path(__file__).parent / "fixtures" / "tokenizers"
@@ -141,7 +142,7 @@ def test_a_cross_vocabulary_loop_promotes_a_uld_student(models, tiny_world, leni
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["loop", "--suite", str(lenient_suite), "--kd", "uld", "--teacher", str(models("qwen2", "qwen2", seed=1)),
                  "--student", str(models("llama", "gpt2")), "--steps", "2", "--interval", "10",
-                 "--train-batch-size", "2", "--limit", "4", "--tracking-uri", uri, "--out", str(tmp_path / "out")])
+                 "--train-batch-size", "2", "--block-size", "32", "--limit", "4", "--tracking-uri", uri, "--out", str(tmp_path / "out")])
     assert code == 0
     set_tracking_uri(uri)
     version = MlflowClient().get_model_version_by_alias("kdh-default", "champion")
