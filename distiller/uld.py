@@ -8,9 +8,7 @@ vocabulary zero-padded; positions are paired by index, as in the original, so it
 and no projector.
 
 What it costs is sorting: per position, the student's whole distribution and the teacher's top
-entries, at 50k–152k entries. On a CPU kdh sorts a chunk of positions as one flat array of integer
-keys, which torch runs as a parallel radix sort (``sort_descending``; docs/families.md has the
-figures); on a GPU torch's own segmented sort is used.
+entries, at 50k–152k entries (docs/families.md has the figures and what was tried).
 """
 
 from __future__ import annotations
@@ -21,27 +19,6 @@ from torch import Tensor
 
 from distiller.dskd import Side
 from distiller.losses import check_chunk_size, log_probs, positions_per_chunk, weight_and_bias
-
-# Below this many entries a chunk is sorted row by row: the flat keys cost more than they save.
-RADIX_MIN_ENTRIES = 1 << 16
-
-
-def sort_descending(x: Tensor) -> tuple[Tensor, Tensor]:
-    """(values, indices) of each row of ``x`` [N, V] (non-negative: probabilities) sorted in
-    decreasing order, as ``x.sort(-1, descending=True)`` gives them up to the order of ties.
-
-    On a CPU, a float32 [N, V] becomes one flat array of int64 keys, row · 2³¹ + (2³¹ − 1 − the
-    float's bits): a non-negative float's bits order as the float does, so sorting the keys
-    ascending sorts every row in decreasing order and keeps the rows apart. torch sorts a flat
-    int64 array stably with a parallel radix sort, where a row-wise float sort is a comparison sort
-    per row (1.7× slower at 50k entries on 2 cores: docs/families.md)."""
-    rows, width = x.shape
-    if x.device.type != "cpu" or x.dtype != torch.float32 or x.numel() < RADIX_MIN_ENTRIES:
-        return x.sort(dim=-1, descending=True)
-    offsets = torch.arange(rows, dtype=torch.int64, device=x.device).unsqueeze(-1)
-    keys = (0x7FFFFFFF - x.view(torch.int32)).to(torch.int64) + (offsets << 31)
-    order = torch.sort(keys.view(-1), stable=True).indices
-    return x.reshape(-1)[order].view(rows, width), order.view(rows, width) - offsets * width
 
 
 def uld_distance(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
@@ -67,8 +44,8 @@ def sorted_l1(q: Tensor, p: Tensor) -> tuple[Tensor, Tensor]:
     50k entries this is the step's largest saving (docs/families.md). The gradient is the sign of
     each sorted difference put back at its token, and 1 on the tail of q when q is the larger side."""
     k = min(q.shape[-1], p.shape[-1])
-    q_top, where = q.topk(k, dim=-1) if q.shape[-1] > k else sort_descending(q)
-    p_top = p.topk(k, dim=-1).values if p.shape[-1] > k else sort_descending(p)[0]
+    q_top, where = q.topk(k, dim=-1) if q.shape[-1] > k else q.sort(dim=-1, descending=True)
+    p_top = p.topk(k, dim=-1).values if p.shape[-1] > k else p.sort(dim=-1, descending=True).values
     difference = q_top - p_top
     tails = (q.sum(-1) - q_top.sum(-1)) + (p.sum(-1) - p_top.sum(-1))  # at most one is not 0
     grad = torch.ones_like(q) if q.shape[-1] > k else torch.empty_like(q)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from distiller.dskd import KD_RATE, Projectors, Side, cma_loss, dual_space_loss
-from distiller.uld import RADIX_MIN_ENTRIES, sort_descending, uld_distance, uld_loss
+from distiller.uld import uld_distance, uld_loss
 from distiller.losses import DIVERGENCES, divergence
 
 OPTIONS = {"beta": 0.3, "alpha": 0.2}
@@ -260,20 +260,6 @@ def test_uld_matches_the_sorted_l1_formula_and_ignores_token_ids():
     np.testing.assert_allclose(uld_distance(teacher, student).numpy(), uld_numpy(teacher.numpy(), student.numpy()))
     permuted = teacher[:, torch.randperm(11, generator=torch.Generator().manual_seed(3))]
     assert uld_distance(teacher, permuted).abs().max() < 1e-12  # same probabilities on other ids: distance 0
-
-
-def test_the_flat_radix_sort_orders_each_row_as_torch_sort_does():
-    """Above RADIX_MIN_ENTRIES a chunk is sorted as one array of integer keys: each row in decreasing
-    order, rows kept apart, and the indices point at each value's own entry (ties included)."""
-    rows, width = 6, RADIX_MIN_ENTRIES // 3
-    probs = torch.softmax(randn(rows, width, seed=5, scale=4.0).float(), dim=-1)
-    probs[2, :100] = probs[2, 100]  # ties
-    probs[4] = 0.0
-    probs[4, 7] = 1.0  # one-hot: zeros everywhere else
-    values, indices = sort_descending(probs)
-    assert torch.equal(values, probs.sort(dim=-1, descending=True).values)
-    assert torch.equal(probs.gather(-1, indices), values)
-    assert all(sorted(row.tolist()) == list(range(width)) for row in indices)
 
 
 def test_uld_loss_pairs_positions_by_index_and_trains_only_the_student():
