@@ -57,6 +57,8 @@ class DistillConfig:
     device: str = "auto"  # auto: cuda where there is one, else cpu
     log_every: int = 10
     progress: bool = True
+    # A stored teacher signal (`kdh teacher-signal`, docs/teacher-signal.md): train from it, never load the teacher.
+    teacher_signal: str | None = None
 
     def __post_init__(self):
         from distiller.losses import DIVERGENCES  # here, so that a command line's start-up needs no torch
@@ -97,6 +99,11 @@ class DistillConfig:
         if self.device == "cuda" and not torch.cuda.is_available():
             raise InputError("--device cuda: torch sees no GPU here (torch.cuda.is_available() is False); "
                              "use --device cpu, or auto")
+        if self.teacher_signal is not None and (self.kd, self.divergence) != ("kd", "forward_kl"):
+            raise InputError(f"--teacher-signal trains --kd kd with --divergence forward_kl (CE + γ·KL against the "
+                             f"stored top-k with its tail, or the sampled target), not --kd {self.kd} --divergence "
+                             f"{self.divergence}: {', '.join(m for m in KD_MODES if m != 'kd')} need the live teacher "
+                             "(dskd, dskd-cma: its hidden states; uld: its distribution over its own tokenization)")
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.initial_ratios is not None:

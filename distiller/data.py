@@ -169,6 +169,7 @@ class DomainSampler:
         self.epoch = {d: 0 for d in self.domains}  # how many times the domain was read through
         self._counts = {d: 0 for d in self.domains}
         self._perm = {d: _permutation(self.seed, d, 0, len(self.blocks[d])) for d in self.domains}
+        self.last_picks: list[tuple[str, int]] = []  # this rank's rows of the last batch drawn
         self.set_weights(weights)
 
     @property
@@ -223,6 +224,7 @@ class DomainSampler:
             self._counts[domain] += 1
         self.batches_drawn += 1
         mine = picks[rank * batch_size: (rank + 1) * batch_size]
+        self.last_picks = mine  # (domain, block index) of each row: where a stored teacher signal keeps its target
         rows = self.collate([self.blocks[d][j] for d, j in mine])
         return rows, [d for d, _ in mine]
 

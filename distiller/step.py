@@ -7,6 +7,8 @@
   (distiller/uld.py). These weigh (1 − w)·CE + w·KD, and DSKD trains projectors between the two
   hidden spaces.
 - kd_weight 0 in any mode: continued pre-training (CPT), the student's CE alone, no teacher forward.
+- kd from a stored teacher signal (``SignalStep``): the same loss against the teacher's sparse target
+  read from disk (distiller/sparse_losses.py, docs/teacher-signal.md): no teacher at all.
 
 Rows from two tokenizers (``paired``) carry the student's tokens, then the teacher's tokens of the
 same text (distiller/pairs.py).
@@ -24,6 +26,7 @@ from distiller.uld import uld_loss
 from distiller.losses import distillation_loss
 from distiller.measure import last_hidden
 from distiller.pairs import split_rows
+from distiller.sparse_losses import SparseTarget, sparse_distillation_loss
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +105,20 @@ class Step:
             return (1 - w) * ce + w * kd, ce, kd
         terms, _ = cma_loss(student, teacher, self.projectors, **self.options)
         return terms.total(w), terms.student_ce, terms.kd
+
+
+@dataclass
+class SignalStep:
+    """Sampler rows and their stored teacher target → (loss, ce, kd) of ``--kd kd``: CE + γ·forward KL
+    against the sparse target, the student's logits a chunk at a time, no teacher forward."""
+
+    kd_weight: float
+    student: torch.nn.Module  # as prepared by accelerate
+    student_core: torch.nn.Module  # the unwrapped student: its head
+    options: dict  # temperature, chunk_size
+
+    def __call__(self, rows: torch.Tensor, target: SparseTarget):
+        hidden = last_hidden(self.student, rows[:, :-1])
+        return sparse_distillation_loss(hidden, self.student_core.get_output_embeddings(), target, rows[:, 1:],
+                                        kd_weight=self.kd_weight, temperature=self.options["temperature"],
+                                        chunk_size=self.options["chunk_size"])

@@ -34,7 +34,8 @@ from distiller.errors import DistillError, InputError
 from distiller.files import write_atomic_folder
 from distiller.sources import domain_data
 from distiller.store import TokenStore
-from distiller.step import Step, make_projectors, shared_tokens, sync_gradients
+from distiller.step import SignalStep, Step, make_projectors, shared_tokens, sync_gradients
+from distiller.teacher_signal import open_for_run
 
 
 @dataclass
@@ -49,12 +50,13 @@ class DistillResult:
     ddk_seconds: float = 0.0  # in the loop: the student's perplexities and Eq. 2 every K steps
     setup_seconds: float = 0.0  # once: the teacher's perplexities and r_0
     seconds: float = 0.0
+    teacher_signal: str | None = None  # the fingerprint of the stored signal trained from (no teacher loaded)
 
 
 @dataclass
 class Models:
     student: torch.nn.Module
-    teacher: torch.nn.Module  # frozen, in eval mode
+    teacher: torch.nn.Module | None  # frozen, in eval mode; None when a stored teacher signal stands in for it
     tokenizer: object  # the student's
     teacher_tokenizer: object
     same_vocab: bool
@@ -79,6 +81,23 @@ def load_models(config: DistillConfig, device) -> Models:
     return Models(student, teacher, tokenizer, teacher_tokenizer, same_vocab, block)
 
 
+def load_student_only(config: DistillConfig) -> tuple[Models, int]:
+    """``load_models`` for a run from a stored teacher signal: the teacher's tokenizer and config are
+    read (its vocabulary, its context), its weights never are; returns (models, the teacher's context)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(config.student)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(config.teacher)
+    teacher_config = AutoConfig.from_pretrained(config.teacher)
+    student = AutoModelForCausalLM.from_pretrained(config.student, use_safetensors=True)
+    sizes = (teacher_config.vocab_size, student.get_output_embeddings().weight.shape[0])
+    same_vocab = sizes[0] == sizes[1] and same_vocabulary(teacher_tokenizer, tokenizer)
+    check_mode(config.kd, config.kd_weight, same_vocab, sizes)
+    context = teacher_config.max_position_embeddings
+    block = min(config.block_size, student.config.max_position_embeddings, context)
+    return Models(student, None, tokenizer, teacher_tokenizer, same_vocab, block), context
+
+
 def distill(config: DistillConfig, store, domains: list[str] | None = None, progress_stream=None) -> DistillResult:
     """Distil ``config.teacher`` into ``config.student`` over the ``domains`` (default: all) of a
     token ``store`` (a ``TokenStore`` or its folder, prepared with the student's tokenizer); the
@@ -99,9 +118,16 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
 
     store = store if isinstance(store, TokenStore) else TokenStore(Path(store))
     domains = list(domains or store.domains)
-    models = load_models(config, accelerator.device)
+    signal = None  # a stored teacher signal stands in for the teacher (docs/teacher-signal.md)
+    if config.teacher_signal:
+        models, teacher_context = load_student_only(config)
+        signal = open_for_run(config.teacher_signal, teacher_dir=config.teacher, store=store, block=models.block,
+                              temperature=config.temperature, val_blocks=config.val_blocks, domains=domains)
+    else:
+        models = load_models(config, accelerator.device)
+        teacher_context = models.teacher.config.max_position_embeddings
     data = domain_data(store, domains, models.tokenizer, models.teacher_tokenizer, same_vocab=models.same_vocab,
-                       block=models.block, teacher_context=models.teacher.config.max_position_embeddings,
+                       block=models.block, teacher_context=teacher_context,
                        val_blocks=config.val_blocks, accelerator=accelerator, chunk_size=config.chunk_size)
     mixture = replace(Mixture.parse(config.mixture, tuple(domains), natural_sizes=data.natural), alpha=config.alpha)
     # DSKD's projectors train beside the student and are checkpointed with it, never part of it.
@@ -126,7 +152,9 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     if resumed is not None:
         start_step, ddk = _resume(*resumed, unwrapped, optimizer, scheduler, sampler, projectors, rank)
     else:
-        start_step, teacher_loss = 0, data.measure(models.teacher, models.teacher_tokenizer)
+        start_step = 0
+        teacher_loss = ({d: signal.teacher_perplexity[d] for d in domains} if signal is not None
+                        else data.measure(models.teacher, models.teacher_tokenizer))
         with sharding.gathered(student):
             ratios = config.initial_ratios or ratios_from_perplexities(
                 data.measure(student, models.tokenizer), teacher_loss)
@@ -140,6 +168,9 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
                      teacher_pad_id=models.teacher_tokenizer.eos_token_id,
                      options={"kind": config.divergence, "temperature": config.temperature,
                               "chunk_size": config.chunk_size})
+    if signal is not None:
+        step_loss = SignalStep(config.kd_weight, student, unwrapped,
+                               {"temperature": config.temperature, "chunk_size": config.chunk_size})
     trained = list(student.parameters()) + (list(projectors.parameters()) if projectors is not None else [])
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="distill",
                disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True, file=progress_stream)
@@ -147,11 +178,16 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     student.train()
     for step in bar:
         rows, _ = sampler.next_batch(config.batch_size * config.grad_accum, rank=rank, world_size=world)
+        target = signal.batch(sampler.last_picks) if signal is not None else None  # the rows' stored targets
         terms = torch.zeros(3, device=accelerator.device)  # loss, ce, kd of this rank's rows
         for i, micro in enumerate(rows.split(config.batch_size)):
             with sharding.no_sync(student, accelerator, sync=i == config.grad_accum - 1):
                 with accelerator.autocast():
-                    loss, ce, kd = step_loss(micro.to(accelerator.device))
+                    if target is None:
+                        loss, ce, kd = step_loss(micro.to(accelerator.device))
+                    else:
+                        part = target.rows(i * config.batch_size, (i + 1) * config.batch_size)
+                        loss, ce, kd = step_loss(micro.to(accelerator.device), part.to(accelerator.device))
                 if not torch.isfinite(loss):
                     raise DistillError(f"the loss became {loss.item()} at step {step}; the last good checkpoint in "
                                        f"{output / 'checkpoints'} is kept (lower --lr, or check the data)")
@@ -205,7 +241,8 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     accelerator.wait_for_everyone()
     return DistillResult(student_dir=final, steps=config.steps, weights=ddk.weights, ratios=ddk.ratios,
                          history=ddk.history, ratio_of=data.ratio_of, tokens_per_s=tokens / seconds if seconds else 0.0,
-                         ddk_seconds=ddk_seconds, setup_seconds=setup_seconds, seconds=seconds)
+                         ddk_seconds=ddk_seconds, setup_seconds=setup_seconds, seconds=seconds,
+                         teacher_signal=signal.fingerprint if signal is not None else None)
 
 
 def _optimizer(config: DistillConfig, student, projectors):

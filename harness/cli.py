@@ -158,7 +158,8 @@ def cmd_distill(args) -> int:
             projector_lr=args.projector_lr, temperature=args.temperature, divergence=args.divergence,
             mixture=args.mixture, interval=args.interval, initial_ratios=ratios, save_every=args.save_every,
             resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision,
-            grad_accum=args.grad_accum, sharding=args.sharding, device=args.device)
+            grad_accum=args.grad_accum, sharding=args.sharding, device=args.device,
+            teacher_signal=args.teacher_signal)
         check_pair(teacher, student, args.kd, config.kd_weight)  # e.g. two tokenizers under --kd kd, before a run
         # One process tokenizes the corpus (or finds it tokenized); the others then find it.
         store = Path(args.store) if args.store else None
@@ -198,7 +199,7 @@ def distill_report(result, domains: list[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from distiller.config import DEFAULT_KD_WEIGHT, DEVICES, KD_MODES, PRECISIONS, SHARDINGS, DistillConfig
-    from harness import cli_classify, cli_loop, cli_prepare, dashboard
+    from harness import cli_classify, cli_loop, cli_prepare, cli_signal, dashboard
 
     parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
@@ -264,10 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
     di.add_argument("--sharding", default=DistillConfig.sharding, choices=SHARDINGS,
                     help="under accelerate launch: ddp (each process a whole student) or fsdp (FSDP2 shards)")
     di.add_argument("--device", default=DistillConfig.device, choices=DEVICES)
+    di.add_argument("--teacher-signal", metavar="PATH", help="train from a stored teacher signal (kdh teacher-signal)")
     di.add_argument("--tracking-uri")
     cli_loop.add_verbs(verbs)  # gate, promote, loop
     cli_prepare.add_verbs(verbs)  # prepare
     cli_classify.add_verbs(verbs)  # classify
+    cli_signal.add_verbs(verbs)  # teacher-signal
     dashboard.add_verb(verbs)
     return parser
 

@@ -103,7 +103,8 @@ def cmd_loop(args) -> int:
     settings = loop.LoopSettings(rounds=args.rounds, steps=args.steps, batch_size=args.train_batch_size,
                                  block_size=args.block_size,
                                  kd=args.kd, kd_weight=kd_weight, interval=args.interval, seed=args.seed,
-                                 promote=not args.no_promote, store=store)
+                                 promote=not args.no_promote, store=store, teacher_signal=args.teacher_signal,
+                                 signal_k=args.signal_k, signal_mode=args.signal_mode)
     out = output_folder(args.out, "loop", suite.name)
     console.note(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
                  f"{args.rounds} round(s) · tracking {tracking.redact(uri)}")
@@ -155,6 +156,13 @@ def add_verbs(verbs) -> None:
     lo.add_argument("--seed", type=int, default=0)
     lo.add_argument("--no-promote", action="store_true", help="gate, but leave the champion where it is")
     lo.add_argument("--store", help="a token store from `kdh prepare` (default: the suite's corpora, prepared on first use)")
+    lo.add_argument("--teacher-signal", nargs="?", const="auto", metavar="PATH",
+                    help="train every round from the teacher's stored sparse signal instead of running the teacher "
+                         "(--kd kd): alone, found or computed once before the first round; or a PATH from "
+                         "`kdh teacher-signal` (docs/teacher-signal.md)")
+    lo.add_argument("--signal-k", type=int, default=64, help="with --teacher-signal alone: top-k entries (or draws)")
+    lo.add_argument("--signal-mode", default="top-k", choices=("top-k", "sampled"),
+                    help="with --teacher-signal alone: the top-k with its tail, or ids sampled from the teacher")
     lo.add_argument("--junit", metavar="FILE")
     lo.add_argument("--summary", metavar="FILE")
     scoring_arguments(lo)

@@ -37,6 +37,11 @@ class LoopSettings:
     seed: int = 0
     promote: bool = True
     store: Path | None = None  # the token store every round reads (None: the suite's corpora, prepared once)
+    # The teacher's stored signal every round trains from (docs/teacher-signal.md): None, the live teacher;
+    # "auto", found or computed once before the first round; else the path of one from `kdh teacher-signal`.
+    teacher_signal: str | None = None
+    signal_k: int = 64
+    signal_mode: str = "top-k"
 
 
 def weak_domains(scorecard: Scorecard, suite: Suite, model: str = "student") -> list[str]:
@@ -57,8 +62,21 @@ def distill_round(suite: Suite, teacher: ModelRef, student_dir: str, ratios: dic
     config = DistillConfig(teacher=teacher.source, student=student_dir, output_dir=str(out), steps=settings.steps,
                            batch_size=settings.batch_size, block_size=settings.block_size, lr=settings.lr,
                            kd=settings.kd, kd_weight=settings.kd_weight, interval=settings.interval, initial_ratios=ratios,
-                           seed=settings.seed + round_no)
+                           seed=settings.seed + round_no, teacher_signal=settings.teacher_signal)
     return steps.distill(suite, config, f"distill round {round_no}", params={"round": round_no}, store=settings.store)
+
+
+def signal_for(suite: Suite, teacher: ModelRef, student: str, settings: LoopSettings):
+    """The stored teacher signal the rounds share: found under the kdh home when computed before."""
+    from distiller.teacher_signal import SignalSettings
+
+    note(f"  the teacher's signal ({settings.signal_mode}, k={settings.signal_k}): found, or computed once …")
+    made = steps.teacher_signal(suite, teacher.source, student, settings.store,
+                                SignalSettings(k=settings.signal_k, mode=settings.signal_mode,
+                                               block_size=settings.block_size))
+    say(f"  teacher signal {made.fingerprint[:12]} at {made.root}: "
+        f"{'computed now' if made.computed else 'found, the teacher did not run'}")
+    return made
 
 
 def current_champion(suite: Suite, base_student: str) -> tuple[str, str]:
@@ -83,6 +101,8 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
         mlflow.log_params({"suite": suite.name, "teacher": teacher.source, "base_student": base_student,
                            **{f"loop.{k}": v for k, v in vars(settings).items()}})
         student_dir, label = current_champion(suite, base_student)
+        if settings.teacher_signal == "auto":  # the teacher over the corpus once, for every round
+            settings = replace(settings, teacher_signal=str(signal_for(suite, teacher, base_student, settings).root))
         for round_no in range(1, settings.rounds + 1):
             say(f"\n━━ Round {round_no}/{settings.rounds} · student: {label} ({student_dir})")
             round_out = out / f"round-{round_no}"

@@ -164,7 +164,39 @@ def distill(suite: Suite, config, run_name: str, params: dict | None = None, sto
                             "ddk_share": result.ddk_seconds / max(result.seconds, 1e-9)})
         mlflow.log_artifacts(str(result.student_dir), artifact_path="student")
         mlflow.set_tag("kdh.student_dir", str(result.student_dir))
+        if result.teacher_signal:  # trained from a stored signal: which one, and that no teacher ran
+            mlflow.set_tag(SIGNAL_TAG, result.teacher_signal)
     return DistillOutcome(result, run.info.run_id, f"{run.info.artifact_uri.rstrip('/')}/student")
+
+
+# --------------------------------------------------------------------------------------------
+# The teacher's stored signal
+
+SIGNAL_TAG = "kdh.teacher_signal"  # its fingerprint, on the runs that made or used a stored teacher signal
+
+
+def teacher_signal(suite: Suite, teacher: str, student: str, store: Path, settings, out: Path | None = None,
+                   device: str = "auto"):
+    """Find or compute the teacher's sparse signal over ``store`` (distiller/teacher_signal.py) under a
+    ``teacher-signal`` run (nested when a parent is active); by default content-addressed under
+    ``$KDH_HOME/signals``, so every later round and every student of the vocabulary finds it. The run's
+    tag ``kdh.teacher_ran`` says whether the teacher ran over the corpus this time."""
+    import mlflow
+
+    from distiller.teacher_signal import compute_signal
+
+    with tracking.tracked_run(suite.name, "teacher-signal", f"teacher signal {settings.mode} k={settings.k}",
+                              nested=tracking.active()):
+        mlflow.log_params({f"signal.{k}": v for k, v in vars(settings).items()}
+                          | {"teacher": teacher, "student": student, "store": str(store)})
+        with errors.distill_errors():
+            made = compute_signal(teacher, store, out, root=home.kdh_home() / "signals", settings=settings,
+                                  student_dir=student, domains=[d.name for d in suite.domains], device=device,
+                                  progress_stream=console.progress_stream())
+        mlflow.log_metrics({"teacher_positions": made.positions, "seconds": made.seconds})
+        mlflow.set_tags({SIGNAL_TAG: made.fingerprint, "kdh.teacher_ran": str(made.computed).lower(),
+                         "kdh.signal_dir": str(made.root)})
+    return made
 
 
 def labelled_by(store: Path) -> str | None:
