@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st
 
-from dashboards import charts, data, tables, views
+from dashboards import analytics, charts, data, tables, views
 from harness import home, tracking
 
 home.configure_environment()  # offline and without telemetry, like every kdh verb
@@ -50,7 +50,8 @@ if runs.empty:
     views.empty_store(tracking.redact(uri), f"suite '{suite}' has no runs")
     st.stop()
 
-view = st.sidebar.radio("View", list(views.VIEWS), key="view")
+VIEWS = {**views.VIEWS, "Analytics": analytics.view}  # dashboards/analytics.py: agreement, trends, advice
+view = st.sidebar.radio("View", list(VIEWS), key="view")
 
 # Filters narrow every view's run lists; a nested run stays with its parent.
 model = st.sidebar.text_input("Model", key="model", placeholder="name or path contains …",
@@ -74,6 +75,6 @@ domains = sorted({c.split("/")[-2] for c in runs.columns
                                                    or c.startswith("metrics.ddk/weight/"))})
 context = views.Context(uri=uri, suite=suite, runs=filtered, colours=charts.domain_colours(domains))
 try:
-    views.VIEWS[view](context)
+    VIEWS[view](context)
 except data.DataMissing as err:
     st.warning(f"This run cannot be shown: {err}.")

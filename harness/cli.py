@@ -114,14 +114,43 @@ def cmd_eval(args) -> int:
     out = output_folder(args.out, "evals", suite.name)
     console.note(f"kdh eval · suite '{suite.name}' ({suite.path}) · models {', '.join(r.name for r in refs)} · "
                  f"tracking {tracking.redact(uri)}")
-    scorecard, run_id = steps.evaluate(suite, refs, scoring_options(args), out, f"eval {suite.name}")
+    scorecard, run_id = steps.evaluate(suite, refs, scoring_options(args), out, f"eval {suite.name}", args.profile)
     console.note(f"scoring: {steps.cached_note(scorecard)}")
     console.say()
     console.say(scorecard_report(scorecard))
     console.say()
-    console.say(f"Saved {out / 'scorecard.csv'} and scorecard.json, samples.csv beside it")
+    if not scorecard.agreement.empty:
+        from harness.analytics_report import agreement_report
+
+        console.say(agreement_report(scorecard))
+        console.say()
+    if args.profile:
+        console.say(profile_report(scorecard, out))
+    from harness.recommend import recommendations
+
+    for model in (m for m in scorecard.model_names if m != scorecard.reference):
+        if advice := recommendations(scorecard, suite, model):
+            console.say(f"Recommendations for {model} (rules and their numbers: docs/analytics.md)")
+            console.say("\n".join(f"  - {line}" for line in advice) + "\n")
+    beside = "samples.csv" + (", agreement.csv" if not scorecard.agreement.empty else "") + (
+        ", items.csv" if not scorecard.items.empty else "")
+    console.say(f"Saved {out / 'scorecard.csv'} and scorecard.json, {beside} beside it")
     console.say(f"MLflow: experiment kdh/{suite.name}, run {run_id} ({tracking.redact(uri)})")
     return 0
+
+
+def profile_report(scorecard, out: Path) -> str:
+    """The generation profile `kdh eval --profile` measured, and each student's ratios to the reference."""
+    import pandas as pd
+
+    from harness.efficiency import ratios
+    from harness.report import table
+
+    found = pd.read_csv(out / "profile.csv")
+    shown = found.drop(columns=["hardware"]).assign(size_mb=found["bytes_on_disk"] / 2**20).drop(columns=["bytes_on_disk"])
+    return "\n".join([f"Generation profile (greedy; measured on {found['hardware'].iloc[0]})", "", table(shown), "",
+                      f"Student ÷ {scorecard.reference} beside the student's mean retention", "",
+                      table(ratios(found, scorecard.reference, scorecard.domains)), ""])
 
 
 def cmd_distill(args) -> int:
@@ -199,7 +228,7 @@ def distill_report(result, domains: list[str]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     from distiller.config import DEFAULT_KD_WEIGHT, DEVICES, KD_MODES, PRECISIONS, SHARDINGS, DistillConfig
-    from harness import cli_classify, cli_loop, cli_prepare, cli_signal, dashboard
+    from harness import cli_analytics, cli_classify, cli_loop, cli_prepare, cli_signal, dashboard
 
     parser = argparse.ArgumentParser(prog="kdh", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs and tracebacks")
@@ -226,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", action="append", metavar="NAME=PATH",
                     help="a model to score (repeat; a folder or models:/NAME@ALIAS; default: the demo teacher and student)")
     ev.add_argument("--reference", help="the model retention is measured against (default: the first)")
+    ev.add_argument("--profile", action="store_true", help="also profile each model's generation: latency per "
+                                                           "token at batch 1 and 8, time to first token, tokens/s, "
+                                                           "peak memory (docs/analytics.md)")
     scoring_arguments(ev)
 
     di = add_verb(verbs, "distill", cmd_distill, "distil the teacher into the student with DDK domain sampling",
@@ -271,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_prepare.add_verbs(verbs)  # prepare
     cli_classify.add_verbs(verbs)  # classify
     cli_signal.add_verbs(verbs)  # teacher-signal
+    cli_analytics.add_verbs(verbs)  # align
     dashboard.add_verb(verbs)
     return parser
 

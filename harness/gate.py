@@ -88,7 +88,53 @@ def planned_checks(suite: Suite) -> list[tuple[str, str, str]]:
     for domain in suite.domains:
         for name in [s.name for s in domain.slices] + [DOMAIN_LEVEL]:
             out += [(domain.name, name, check) for check in CHECKS]
+    return out + [(d, s, check) for d, s, check, _ in _agreement_plan(suite)]
+
+
+# Agreement checks, made only where the suite sets their threshold: (check, threshold, figure, at least?)
+AGREEMENT_CHECKS = (("agreement", "min_agreement", "top1_agreement", True), ("kl", "max_kl", "kl_bits", False),
+                    ("js", "max_js", "js_bits", False))
+_AGREEMENT_WORDS = {"agreement": "top-1 agreement with the teacher", "kl": "KL(teacher ‖ student)",
+                    "js": "JS divergence from the teacher"}
+
+
+def _agreement_plan(suite: Suite) -> list[tuple[str, str, str, float]]:
+    """(domain, slice, check, threshold) for each agreement check whose threshold the suite sets."""
+    out = []
+    for domain in suite.domains:
+        domain_th = domain.thresholds.over(suite.thresholds)
+        levels = [(s.name, s.thresholds.over(domain_th)) for s in domain.slices] + [(DOMAIN_LEVEL, domain_th)]
+        for name, th in levels:
+            out += [(domain.name, name, check, getattr(th, key)) for check, key, _, _ in AGREEMENT_CHECKS
+                    if getattr(th, key) is not None]
     return out
+
+
+def agreement_rows(suite: Suite, card: Scorecard, candidate: str) -> list[dict]:
+    """The candidate's agreement with the teacher against the suite's min_agreement, max_kl and max_js
+    (harness/agreement.py measures it per slice; a domain's figure is weighted by compared positions).
+    Fails closed: a threshold with no figure to check is a failing check."""
+    slices = card.agreement[card.agreement["model"] == candidate].set_index(["domain", "slice"])
+    domains = card.agreement_domains
+    domains = domains[domains["model"] == candidate].set_index("domain")
+    rows = []
+    for domain, name, check, limit in _agreement_plan(suite):
+        _, _, figure, at_least = next(c for c in AGREEMENT_CHECKS if c[0] == check)
+        found = (domains[figure].get(domain) if name == DOMAIN_LEVEL
+                 else slices[figure].get((domain, name)) if len(slices) else None)
+        what = f"{domain}/{name}" if name != DOMAIN_LEVEL else domain
+        if found is None or math.isnan(found):
+            method = slices["method"].get((domain, name), "") if name != DOMAIN_LEVEL and len(slices) else ""
+            rows.append(_row(domain, name, check, "fail", threshold=limit,
+                             reason=f"no {_AGREEMENT_WORDS[check]} measured for {candidate} on {what}"
+                                    + (f" ({method})" if method.startswith("unaligned") else "")))
+            continue
+        ok = found >= limit if at_least else found <= limit
+        unit = "" if check == "agreement" else " bits"
+        rows.append(_row(domain, name, check, "pass" if ok else "fail", float(found), limit,
+                         reason=f"{_AGREEMENT_WORDS[check]} {found:.3f}{unit}, "
+                                f"{('≥' if ok else 'below') if at_least else ('≤' if ok else 'above')} {limit:.3f}"))
+    return rows
 
 
 def _row(domain, slice_name, check, status, observed=math.nan, threshold=math.nan, p_value=math.nan, reason=""):
@@ -246,6 +292,7 @@ def decide(suite: Suite, card: Scorecard, candidate: str = "candidate", champion
             rows.append(_regression_row(domain.name, DOMAIN_LEVEL, domain_drop / total, domain_permuted / total,
                                         domain_th, champion, "; ".join(pair_problems)))
 
+    rows += agreement_rows(suite, card, candidate)
     known = {d.name for d in suite.domains}
     for extra in sorted(set(card.rows["domain"]) - known):  # a scorecard of another suite
         rows.append(_row(extra, DOMAIN_LEVEL, "retention", "fail", reason=f"domain '{extra}' is not in suite '{suite.name}'"))

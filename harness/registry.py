@@ -26,7 +26,7 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]*$")
 
 SUITE_KEYS = {"name", "description", "defaults", "thresholds", "domains"}
 DEFAULT_KEYS = {"batch_size", "limit", "num_fewshot", "bootstrap_iters"}
-THRESHOLD_KEYS = {"min_retention", "max_drop", "alpha", "max_contamination"}
+THRESHOLD_KEYS = {"min_retention", "max_drop", "alpha", "max_contamination", "min_agreement", "max_kl", "max_js"}
 DOMAIN_KEYS = {"name", "description", "slices", "validation", "train", "thresholds"}
 SLICE_KEYS = {"name", "task", "data", "metric", "filter", "higher_is_better", "weight", "limit", "thresholds"}
 
@@ -40,6 +40,11 @@ class Thresholds:
     alpha: float | None = None  # significance level at which a drop counts as a regression
     # largest share of a test slice's examples whose n-grams the training corpus may hold
     max_contamination: float | None = None
+    # agreement with the teacher on the slice's text (harness/agreement.py): least top-1 agreement,
+    # largest KL(teacher ‖ student) and Jensen–Shannon divergence, both in bits per position
+    min_agreement: float | None = None
+    max_kl: float | None = None
+    max_js: float | None = None
 
     def over(self, parent: "Thresholds") -> "Thresholds":
         """These thresholds, with the parent's where these are unset."""
@@ -195,7 +200,8 @@ class _Reader:
             return Thresholds()
         raw = self.mapping(raw, where, THRESHOLD_KEYS)
         ranges = {"min_retention": (0.0, 1.0, True), "max_drop": (0.0, 1.0, True), "alpha": (0.0, 1.0, False),
-                  "max_contamination": (0.0, 1.0, True)}
+                  "max_contamination": (0.0, 1.0, True), "min_agreement": (0.0, 1.0, True),
+                  "max_kl": (0.0, float("inf"), True), "max_js": (0.0, 1.0, True)}
         values = {}
         for key, (low, high, closed) in ranges.items():
             value = raw.get(key)

@@ -22,7 +22,7 @@ from harness.errors import BadInput, RuntimeFailure
 from harness.metrics import METRICS
 from harness.models import ModelRef
 from harness.registry import Suite
-from harness.scorecard import EFFICIENCY_COLUMNS, ROW_COLUMNS, SAMPLE_COLUMNS, Scorecard
+from harness.scorecard import EFFICIENCY_COLUMNS, ITEM_COLUMNS, ROW_COLUMNS, SAMPLE_COLUMNS, Scorecard
 from harness.taskfiles import inline_task, task_name
 
 log = logging.getLogger(__name__)
@@ -211,8 +211,29 @@ def _samples(results: dict, model: str, domain: str, slice_, name: str) -> list[
         value, weight = (found[0], found[1]) if isinstance(found, (list, tuple)) else (found, 1.0)
         out.append({"model": model, "domain": domain, "slice": slice_.name, "metric": slice_.metric,
                     "doc_id": int(sample["doc_id"]), "doc_hash": str(sample.get("doc_hash", "")),
-                    "value": float(value), "weight": float(weight)})
+                    "value": float(value), "weight": float(weight), **_answer(sample)})
     return out
+
+
+PROMPT_CHARS = 300  # of an item's prompt kept for reading it beside the answers
+
+
+def _answer(sample: dict) -> dict:
+    """What the model answered on one item, for side-by-side reading (the scorecard's ``items``):
+    the prompt's end, the true answer, and the model's: the choice with the highest log-likelihood
+    (multiple choice), the generated text (generation), nothing for a perplexity document."""
+    arguments, responses = sample.get("arguments") or [], sample.get("filtered_resps") or []
+    first = arguments[0] if arguments and isinstance(arguments[0], (list, tuple)) else ("", "")
+    prompt = str(first[0])[-PROMPT_CHARS:] if first[0] else str(first[1] if len(first) > 1 else "")[:PROMPT_CHARS]
+    answer, gold, target = "", "", sample.get("target")
+    if responses and all(isinstance(r, (list, tuple)) and r and isinstance(r[0], (int, float)) for r in responses):
+        if len(arguments) > 1:  # multiple choice: one (context, choice) request per choice
+            best = max(range(len(responses)), key=lambda i: responses[i][0])
+            answer = str(arguments[best][1])
+            gold = str(arguments[target][1]) if isinstance(target, int) and 0 <= target < len(arguments) else str(target)
+    elif responses and isinstance(responses[0], str):  # generation
+        answer, gold = responses[0], str(target[0] if isinstance(target, list) and target else target)
+    return {"prompt": prompt, "answer": answer, "gold": gold}
 
 
 def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = ScoringOptions(),
@@ -246,8 +267,13 @@ def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = Sc
         efficiency.append(eff)
         provenance[ref.name] = {"source": ref.source, "fingerprint": model_fingerprint, "dtype": ref.dtype,
                                 "cache_key": key, "cached": cached}
+    # Agreement with the reference needs both models on the same text (harness/agreement.py).
+    from harness.agreement import measure
+
+    agreement = measure(suite, refs, reference, options, {m: p["cache_key"] for m, p in provenance.items()})
     return Scorecard(
-        suite=suite.name, reference=reference,
+        suite=suite.name, reference=reference, agreement=agreement,
         rows=pd.DataFrame(rows, columns=ROW_COLUMNS), efficiency=pd.DataFrame(efficiency, columns=EFFICIENCY_COLUMNS),
         models=provenance, suite_fingerprint=suite.fingerprint(), samples=pd.DataFrame(samples, columns=SAMPLE_COLUMNS),
+        items=pd.DataFrame(samples, columns=ITEM_COLUMNS),  # results cached before answers were kept: empty answers
     )

@@ -29,14 +29,33 @@ from harness.validation import validate_scorecard
 
 
 def evaluate(suite: Suite, refs: list[ModelRef], options: ScoringOptions, out: Path,
-             name: str) -> tuple[Scorecard, str]:
-    """Score, validate, save and log (a nested ``eval`` run when a parent is active)."""
+             name: str, profile: bool = False) -> tuple[Scorecard, str]:
+    """Score, validate, save and log (a nested ``eval`` run when a parent is active); with ``profile``,
+    each model's generation profile too (harness/efficiency.py: profile.csv, logged)."""
     with tracking.tracked_run(suite.name, "eval", name, nested=tracking.active()) as run:
         scorecard = score_suite(suite, refs, options)
         validate_scorecard(scorecard, suite)  # raises before anything is logged as a success
         saved = scorecard.save(out)
         tracking.log_evaluation(scorecard, suite, saved)
+        if profile:
+            log_profile(refs, scorecard, out)
     return scorecard, run.info.run_id
+
+
+def log_profile(refs: list[ModelRef], scorecard: Scorecard, out: Path) -> pd.DataFrame:
+    """Profile every model's generation on prompts of the suite's own items; save and log it."""
+    import mlflow
+
+    from harness import efficiency
+
+    prompts = scorecard.items.loc[scorecard.items["model"] == scorecard.reference, "prompt"]
+    table = efficiency.profile(refs, list(dict.fromkeys(p for p in prompts if isinstance(p, str) and p.strip())))
+    table.to_csv(out / "profile.csv", index=False)
+    mlflow.log_artifact(str(out / "profile.csv"))
+    mlflow.log_table(table, artifact_file="tables/profile.json")
+    mlflow.log_metrics({f"{r.model}/profile/batch{r.batch}/{c}": float(getattr(r, c)) for r in table.itertuples()
+                        for c in ("ttft_ms", "ms_per_token", "tokens_per_s", "peak_memory_mb")})
+    return table
 
 
 def cached_note(scorecard: Scorecard) -> str:
@@ -54,6 +73,30 @@ class GateOutcome:
     exit_code: int
     run_id: str
     out: Path
+    trends: pd.DataFrame | None = None  # per domain over the champion versions and this candidate (harness/trends.py)
+    recommendations: list[str] | None = None  # harness/recommend.py
+
+
+def gate_analytics(suite: Suite, scorecard: Scorecard, contamination: pd.DataFrame | None) -> tuple[pd.DataFrame, list[str]]:
+    """The candidate's trend (the champion versions' retention, then its own) and the recommendations.
+    A store without a model registry has no versions: the trend then starts with the candidate."""
+    from mlflow.exceptions import MlflowException
+
+    from harness import recommend, trends
+
+    try:
+        history = trends.champion_history(suite.name)
+    except MlflowException:
+        history = pd.DataFrame(columns=trends.HISTORY_COLUMNS)
+    mine = scorecard.domains[scorecard.domains["model"] == "candidate"]
+    latest = int(history["version"].max()) + 1 if len(history) else 1
+    history = pd.concat([history, pd.DataFrame({"version": latest, "domain": mine["domain"],
+                                                "retention": mine["retention"]})], ignore_index=True)
+    floors = {d.name: th.min_retention for d in suite.domains
+              if (th := d.thresholds.over(suite.thresholds)).min_retention is not None}
+    table = trends.trend_table(history, floors)
+    worst = corpora.worst_per_slice(contamination) if contamination is not None else None
+    return table, recommend.recommendations(scorecard, suite, "candidate", table, worst)
 
 
 def write_verdict_files(verdict: Verdict, suite: Suite, scorecard: Scorecard | None,
@@ -102,6 +145,15 @@ def gate(suite: Suite, teacher: ModelRef, candidate: ModelRef, champion: ModelRe
         saved = scorecard.save(out)
         verdict.rows.to_csv(out / "verdict.csv", index=False)
         write_verdict_files(verdict, suite, scorecard, junit, summary)
+        trend_table, advice = gate_analytics(suite, scorecard, contamination)
+        if summary:
+            from harness.trends import markdown
+
+            with open(summary, "a") as fh:
+                fh.write(markdown(trend_table))
+                fh.write("".join(["### Recommendations\n\n", *[f"- {line}\n" for line in advice], "\n"]) if advice else "")
+        mlflow.log_table(trend_table, artifact_file="tables/trends.json")
+        mlflow.set_tag("kdh.trend_alerts", ",".join(trend_table.loc[trend_table["alert"], "domain"]))
         mlflow.log_params({"suite": suite.name, "candidate.source": candidate.source,
                            "champion.source": champion.source if champion else "",
                            **{f"{m}.fingerprint": p.get("fingerprint", "") for m, p in scorecard.models.items()}})
@@ -114,7 +166,7 @@ def gate(suite: Suite, teacher: ModelRef, candidate: ModelRef, champion: ModelRe
         mlflow.log_metrics({"gate/passed": float(verdict.passed), "gate/failures": float(len(verdict.failures))})
         mlflow.set_tags({"kdh.verdict": "pass" if verdict.passed else "fail",
                          "kdh.failing_domains": ",".join(verdict.failing_domains)})
-    return GateOutcome(verdict, scorecard, code, run.info.run_id, out)
+    return GateOutcome(verdict, scorecard, code, run.info.run_id, out, trend_table, advice)
 
 
 def passing_gate_run(suite_name: str, candidate_fingerprint: str) -> str | None:

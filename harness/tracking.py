@@ -189,6 +189,21 @@ def metric_key(*parts: str) -> str:
     return "/".join(parts)
 
 
+AGREEMENT_METRICS = ("top1_agreement", "kl_bits", "js_bits", "ece", "reference_ece")
+
+
+def agreement_metrics(scorecard: Scorecard) -> dict[str, float]:
+    """``<model>/<domain>/<figure>`` and ``<model>/<domain>/<slice>/<figure>`` for each agreement and
+    calibration figure (harness/agreement.py); NaN (a pair that could not be aligned) left out."""
+    out = {}
+    for frame, parts in ((scorecard.agreement_domains, ("domain",)), (scorecard.agreement, ("domain", "slice"))):
+        for row in frame.to_dict("records"):
+            for figure in AGREEMENT_METRICS:
+                if not math.isnan(row[figure]):
+                    out[metric_key(row["model"], *(row[p] for p in parts), figure)] = float(row[figure])
+    return out
+
+
 def log_evaluation(scorecard: Scorecard, suite: Suite, saved: dict[str, Path]) -> None:
     """Log a validated scorecard into the active (parent) run, with a nested run per model."""
     import mlflow
@@ -202,6 +217,9 @@ def log_evaluation(scorecard: Scorecard, suite: Suite, saved: dict[str, Path]) -
     mlflow.log_table(domains, artifact_file="tables/domains.json")
     mlflow.log_table(scorecard.efficiency, artifact_file="tables/efficiency.json")
     mlflow.log_metrics({metric_key(row.model, row.domain, "retention"): row.retention for row in domains.itertuples()})
+    if len(scorecard.agreement):
+        mlflow.log_table(scorecard.agreement, artifact_file="tables/agreement.json")
+        mlflow.log_metrics(agreement_metrics(scorecard))
     for model in scorecard.model_names:
         provenance = scorecard.models.get(model, {})
         with tracked_run(suite.name, "eval", model, tags={"kdh.model": model}, nested=True):

@@ -54,16 +54,22 @@ def test_descriptors_go_to_the_log_and_kdh_lines_to_the_terminal(tmp_path):
 
 
 def test_verbose_shows_the_libraries_output_and_quiet_keeps_it_in_the_log(tiny_world, tmp_path):
-    """A new MLflow store makes MLflow log its table creation: on the console with -v only."""
+    """MLflow logs the creation of its tables (kdh makes one empty store per kdh home, then copies
+    it): on the console with -v only. Each run gets a kdh home without that empty store (sharing the
+    session's demo world)."""
     def run(*flags: str, store: str):
-        return subprocess.run([sys.executable, "-m", "harness.cli", *flags, "promote", "--list", "--tracking-uri",
+        home = tmp_path / f"home-{store}"
+        home.mkdir()
+        (home / "demo").symlink_to(Path(os.environ["KDH_HOME"]) / "demo")
+        done = subprocess.run([sys.executable, "-m", "harness.cli", *flags, "promote", "--list", "--tracking-uri",
                                f"sqlite:///{tmp_path / store}"], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=600)
+                              timeout=600, env={**os.environ, "KDH_HOME": str(home)})
+        return done, home
 
-    verbose, quiet = run("-v", store="verbose.db"), run(store="quiet.db")
+    (verbose, _), (quiet, home) = run("-v", store="verbose.db"), run(store="quiet.db")
     assert verbose.returncode == 0 and quiet.returncode == 0, verbose.stderr[-3000:] + quiet.stderr[-3000:]
     assert library_lines(verbose.stderr), "with -v the libraries' output stays on the console"
     assert library_lines(quiet.stdout + quiet.stderr) == []
     assert "version" in quiet.stdout  # kdh's own table
-    log = max((Path(os.environ["KDH_HOME"]) / "logs").glob("promote-*.log"), key=lambda p: p.stat().st_mtime)
+    log = max((home / "logs").glob("promote-*.log"), key=lambda p: p.stat().st_mtime)
     assert "Creating initial MLflow database tables" in log.read_text()

@@ -24,10 +24,10 @@ from streamlit.testing.v1 import AppTest
 from dashboards import tables
 from harness import dashboard, home
 from harness.cli import main
-from harness.scorecard import Scorecard
+from harness.scorecard import Scorecard, item_comparison
 
 APP = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
-VIEWS = ("Scorecard", "Gate", "Distillation", "History", "Compare")
+VIEWS = ("Scorecard", "Gate", "Distillation", "History", "Compare", "Analytics")
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,8 @@ TABLES = {  # the columns that tell the page's tables apart
     "checks": {"check", "status", "observed", "p_value"}, "gate runs": {"verdict", "failing_domains"},
     "promotions": {"promoted_at", "previous_champion"}, "slide": {"per run", "runs to floor"},
     "efficiency": {"measure", "student ÷ teacher"}, "compare": {"domain", "A", "B", "B − A"},
+    "agreement": {"top1_agreement", "kl_bits", "reference_ece"}, "trends": {"per_version", "versions_to_floor"},
+    "items": {"gold", "differs"},
 }
 
 
@@ -315,3 +317,34 @@ def test_kdh_dashboard_stops_on_a_dead_server_and_keeps_passwords_off_the_comman
     assert "s3cret" not in " ".join(cmd) and cmd[cmd.index("--server.address") + 1] == "127.0.0.1"
     assert dashboard.command("sqlite:////x/mlflow.db", "127.0.0.1", 8600)[-3:] == ["--", "--tracking-uri",
                                                                                    "sqlite:////x/mlflow.db"]
+
+
+@pytest.mark.slow
+def test_analytics_shows_agreement_and_the_champion_trend(store, monkeypatch):
+    uri, folder = store
+    at = show(app(monkeypatch, uri), "Analytics")
+    # The newest scored run of the suite is the strict gate: its candidate's agreement, per domain.
+    card, _ = saved(folder, "strict-gate")
+    shown = frame(at, "agreement").set_index(["model", "domain"])
+    expected = card.agreement_domains.set_index(["model", "domain"])
+    assert set(shown.index) == set(expected.index) == {(m, d) for m in ("candidate", "champion") for d in
+                                                         ("code", "prose", "arithmetic", "records")}
+    for column in ("top1_agreement", "kl_bits", "js_bits", "ece", "reference_ece"):
+        assert shown[column].to_numpy() == pytest.approx(expected.loc[shown.index, column].to_numpy())
+    assert set(pd.concat(chart(at, "Top-1 agreement"))["domain"].dropna()) == {"code", "prose", "arithmetic", "records"}
+    # The loop promoted one version, gated by a passing run: one point per domain, too few to forecast.
+    gated = Scorecard.load(next((folder / "loop").glob("round-1/gate*"))).domains.set_index(["model", "domain"])
+    trend = frame(at, "trends").set_index("domain")
+    for domain, row in trend.iterrows():
+        assert row["points"] == 1 and row["latest"] == pytest.approx(gated.loc[("candidate", domain), "retention"])
+        assert not row["alert"] and "a forecast needs 3" in row["reason"]
+    assert chart(at, "Retention per champion version")
+    # Side by side: the teacher's and the candidate's answers on the chosen slice, then only where they differ.
+    at.selectbox(key="items_domain").set_value("arithmetic").run()
+    at.selectbox(key="items_slice").set_value("answer").run()
+    expected = item_comparison(card.items, "teacher", "candidate", "arithmetic", "answer")
+    shown = frame(at, "items")
+    assert list(shown["doc_id"]) == list(expected["doc_id"]) and list(shown["differs"]) == list(expected["differs"])
+    at.checkbox(key="items_disagreements").check().run()
+    only = frame(at, "items")
+    assert only["differs"].all() and len(only) == int(expected["differs"].sum())
