@@ -79,12 +79,25 @@ def _peak() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def _reset_peak() -> None:
+    """Start the kernel's peak-RSS mark (VmHWM) again from the current RSS (Linux ≥ 4.0), so that
+    ``_peak_since_reset`` leaves out loading, where transformers holds a model's weights twice."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_since_reset() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+
+
 def _world():
     from harness.demo import ensure_world
     from harness.home import configure_environment, kdh_home
 
     configure_environment()
-    return ensure_world(kdh_home(), "default", progress=False)
+    # The default world (what section 1 measures on); bench/realistic.py, which needs only text, asks for the tiny one.
+    return ensure_world(kdh_home(), os.environ.get("KDH_BENCH_WORLD", "default"), progress=False)
 
 
 def world_store(world, student_dir: str):
@@ -191,6 +204,8 @@ def child_kdh(spec: dict) -> dict:
     def from_pretrained(*args, **kwargs):
         model = original_from_pretrained(*args, **kwargs)
         marks["loaded"].append(_rss())
+        if len(marks["loaded"]) == 2:  # student, then teacher: the run's own memory from here
+            _reset_peak()
         info["teacher" if len(marks["loaded"]) == 2 else "student"] = _model_info(model)
         return model
 
@@ -249,6 +264,7 @@ def child_kdh(spec: dict) -> dict:
 
     def save_checkpoint(*args, **kwargs):
         marks["save_start"], marks["save_peak"] = time.perf_counter(), _peak()
+        marks["peak_after_load"] = _peak_since_reset()
         original_save(*args, **kwargs)
         marks["save_seconds"] = time.perf_counter() - marks["save_start"]
 
@@ -282,6 +298,7 @@ def child_kdh(spec: dict) -> dict:
         "result_setup_seconds": getattr(result, "setup_seconds", None),
         "final_checkpoint_seconds": marks["save_seconds"],
         "rss_after_models": marks["loaded"][-1], "rss_loop_start": marks["loop_rss"],
+        "peak_after_load": marks["peak_after_load"],
         "peak_before_loop": marks["loop_peak"], "peak_loop": marks["save_peak"], "peak_end": end_peak,
     }
 
@@ -305,6 +322,7 @@ def child_bare(spec: dict, fused: bool) -> dict:
     teacher = AutoModelForCausalLM.from_pretrained(spec["teacher"], use_safetensors=True)
     teacher.requires_grad_(False).eval()
     rss_after_models = _rss()
+    _reset_peak()
     blocks = torch.cat([pack_blocks(read_texts(world.domain_file(d, "train.jsonl")), tokenizer, BLOCK,
                                     tokenizer.eos_token_id, domain=d) for d in DOMAINS])
     decay = [p for p in student.parameters() if p.dim() >= 2]
@@ -385,7 +403,7 @@ def child_bare(spec: dict, fused: bool) -> dict:
         "tokens_per_s": tokens / window_seconds, "window_seconds": window_seconds,
         "step_seconds": window_seconds / len(window), "breakdown": dict(breakdown), "step_durations": durations,
         "rss_after_models": rss_after_models, "peak_loop": end_peak, "peak_end": end_peak,
-        "reference_check_abs_diff": checked,
+        "peak_after_load": _peak_since_reset(), "reference_check_abs_diff": checked,
     }
 
 
@@ -393,7 +411,7 @@ def child_trl(spec: dict) -> dict:
     from bench.trl_gkd import child_trl as run
 
     return run(spec, batch=BATCH, block=BLOCK, domains=DOMAINS, world=_world(), rss=_rss, peak=_peak,
-               model_info=_model_info)
+               model_info=_model_info, reset_peak=_reset_peak, peak_since_reset=_peak_since_reset)
 
 
 # ------------------------------------------------------------------------------------------ parent

@@ -7,7 +7,7 @@ import statistics
 from pathlib import Path
 
 from bench.distill_step import BATCH, BLOCK, INTERVAL, best, flops_per_token, overhead
-from bench.report_models import classify_section, cross_vocab_section, scoring_memory_section
+from bench.report_models import classify_section, cross_vocab_section, realistic_section, scoring_memory_section
 
 MIB = 2 ** 20
 DOMAINS = ("code", "prose", "arithmetic", "records")
@@ -304,6 +304,7 @@ def write_report(folder: Path, out: Path) -> Path:
     step, scoring, ddk, growth = (_load(folder, n) for n in ("distill-step", "scoring", "ddk", "growth"))
     store, cross_vocab, scoring_memory, classify = (_load(folder, n) for n in ("store-scale", "cross-vocab",
                                                                                "scoring-memory", "classify"))
+    realistic = _load(folder, "realistic")
     goals: list[tuple[str, str, bool]] = []
     body: list[str] = []
     if step:
@@ -334,9 +335,11 @@ def write_report(folder: Path, out: Path) -> Path:
         body += scoring_memory_section(scoring_memory, goals)
     if classify:
         body += classify_section(classify, goals)
+    if realistic:
+        body += realistic_section(realistic, goals)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
-            ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 100 "
+            ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 140 "
              "minutes on 2 cores; run it on an otherwise idle machine). Raw results: [docs/bench/](bench/)."), "",
             (f"Machine: {machine.get('cpus', '?')} CPU cores ({machine.get('cpu', '?')}, a VM), "
              f"{machine.get('memory_gib', 0):.0f} GiB, no GPU; torch {machine.get('torch', '?')}, Python "

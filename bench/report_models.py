@@ -91,3 +91,47 @@ def classify_section(data: dict, goals: list) -> list[str]:
         goals.append(("DDK mixture from a classified corpus within 2 points of the labelled one",
                       f"largest gap {mix['max_gap_points']:.2f} points", mix["max_gap_points"] <= 2))
     return lines + [""]
+
+
+def realistic_section(data: dict, goals: list) -> list[str]:
+    """Section 11: the realistic pairs (bench/realistic.py): the step against TRL and a bare loop,
+    and the scoring against lm-eval's own scorer."""
+    lines = ["## 11. At a realistic size: a 124M student from a 4× teacher, at 50k and 152k entries", "",
+             ("Random-initialised models of GPT-2 small's shape (50k: the GPT-2 tokenizer) and a Qwen2 shape of the same "
+              "size (152k: the Qwen2 tokenizer), each from a teacher about 4× its parameters; batch "
+              f"{data['batch']} × {data['block']} tokens, fp32, {data['steps'] - data['warmup']} timed steps after "
+              f"{data['warmup']} of warm-up, each variant in a fresh process. The variants are section 1's (kdh end to "
+              "end from the token store; a bare loop over materialised logits; TRL's GKD trainer as supervised forward "
+              "KL). Peak RSS: from the moment both models are loaded (the kernel's mark reset then; loading holds a "
+              "model's weights twice for a moment in every variant alike). MFU: the FLOP/s counted as in section 1 (6·N student + 2·N teacher per token, plus attention) over the "
+              f"fp32 matmul peak measured in the same run ({data['peak_flops'] / 1e9:.0f} GFLOP/s). Script "
+              "[bench/realistic.py](../bench/realistic.py); load average at the start "
+              f"{data['machine']['load_average_at_start']:.1f}, and per row below."), "",
+             "| vocabulary | model shapes (student / teacher) | variant | tokens/s | × bare | × TRL | peak RSS | MFU | load |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|"]
+    for vocab, entry in data["pairs"].items():
+        steps = entry["steps"]
+        shapes = " / ".join(f"{s['family']} {s['layers']}×{s['hidden']}" for s in entry["shapes"].values())
+        for variant, r in steps.items():
+            vs = {k: r["tokens_per_s"] / steps[k]["tokens_per_s"] if k in steps else None for k in ("bare", "trl-gkd")}
+            lines.append(f"| {vocab} | {shapes} | {variant} | {r['tokens_per_s']:.1f} | "
+                         + " | ".join("—" if v is None else f"{v:.2f}×" for v in vs.values())
+                         + f" | {r['peak_after_load'] / GIB:.2f} GiB | {100 * r['mfu']:.1f}% | {r['load_average']:.1f} |")
+        if "kdh" in steps and "trl-gkd" in steps:
+            kdh, trl = steps["kdh"], steps["trl-gkd"]
+            goals.append((f"kdh ahead of TRL GKD at a realistic size, {vocab} entries: tokens/s and peak memory",
+                          f"{kdh['tokens_per_s'] / trl['tokens_per_s']:.2f}× its tokens/s, "
+                          f"{kdh['peak_after_load'] / trl['peak_after_load']:.2f}× its peak memory",
+                          kdh["tokens_per_s"] > trl["tokens_per_s"] and kdh["peak_after_load"] < trl["peak_after_load"]))
+    scored = [(vocab, role, s) for vocab, entry in data["pairs"].items() for role, s in entry.get("scoring", {}).items()]
+    if scored:
+        lines += ["", ("Scoring each model (`kdh eval`'s `evaluate_model`, kdh's chunked scorer) against the same call with "
+                       "lm-eval's own `HFLM`, on the default suite over the tiny demo world, batch 4, the same documents:"),
+                  "", "| vocabulary | model | parameters | kdh: seconds | kdh: peak RSS | lm-eval: seconds | lm-eval: peak RSS "
+                      "| largest score difference |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for vocab, role, s in scored:
+            lines.append(f"| {vocab} | {role} | {s['parameters'] / 1e6:.0f}M | {s['after_seconds']:.0f} | "
+                         f"{s['after_peak_rss_kib'] * 1024 / GIB:.2f} GiB | {s['before_seconds']:.0f} | "
+                         f"{s['before_peak_rss_kib'] * 1024 / GIB:.2f} GiB | {s['max_abs_difference']:.2g} |")
+    lines += ["", f"Command: `{data['command']}` ({data['when']}, {data['seconds'] / 60:.0f} minutes)."]
+    return lines + [""]

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 
-def child_trl(spec: dict, *, batch: int, block: int, domains: tuple[str, ...], world, rss, peak, model_info) -> dict:
+def child_trl(spec: dict, *, batch: int, block: int, domains: tuple[str, ...], world, rss, peak, model_info,
+              reset_peak, peak_since_reset) -> dict:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
     from datasets import Dataset
@@ -37,6 +38,7 @@ def child_trl(spec: dict, *, batch: int, block: int, domains: tuple[str, ...], w
     student = AutoModelForCausalLM.from_pretrained(spec["student"], use_safetensors=True)
     teacher = AutoModelForCausalLM.from_pretrained(spec["teacher"], use_safetensors=True)
     rss_after_models = rss()
+    reset_peak()  # the peak from here leaves out loading (transformers holds the weights twice meanwhile)
     blocks = torch.cat([pack_blocks(read_texts(world.domain_file(d, "train.jsonl")), tokenizer, block,
                                     tokenizer.eos_token_id, domain=d) for d in domains])
     generator = torch.Generator().manual_seed(0)
@@ -81,5 +83,5 @@ def child_trl(spec: dict, *, batch: int, block: int, domains: tuple[str, ...], w
         "tokens_per_s": len(window) * batch * block / window_seconds, "window_seconds": window_seconds,
         "step_seconds": window_seconds / len(window), "breakdown": {"Trainer step (all of it)": window_seconds},
         "step_durations": durations, "rss_after_models": rss_after_models, "peak_loop": end_peak,
-        "peak_end": end_peak, "trl": __import__("trl").__version__,
+        "peak_end": end_peak, "peak_after_load": peak_since_reset(), "trl": __import__("trl").__version__,
     }
