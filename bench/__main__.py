@@ -13,7 +13,8 @@ distillation's peak memory from 10M to 500M tokens; ~35 min), cross_vocab (the c
 against kd at 152k entries), scoring_memory (kdh eval's peak memory at 152k entries, against lm-eval's
 own scorer), classify (kdh classify's accuracy, throughput and the loop on classified data) and
 sharded (one process against two, DDP and FSDP2; figures in docs/sharded.md) and realistic (a 124M
-student from a 4× teacher at 50k and 152k entries: kdh against TRL and a bare loop, and scoring; ~40 min).
+student from a 4× teacher at 50k and 152k entries: kdh against TRL and a bare loop, and scoring; ~40 min)
+and teacher_signal (the stored teacher signal: bytes, step time, student quality over three seeds).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ PARTS = {
     "classify": ["bench/classify.py", "--mixture-size", "tiny"],
     "sharded": ["bench/sharded.py"],
     "realistic": ["bench/realistic.py"],
+    "teacher_signal": ["bench/teacher_signal.py", "--steps", "100", "--seeds", "3"],
 }
 
 

@@ -7,7 +7,8 @@ import statistics
 from pathlib import Path
 
 from bench.distill_step import BATCH, BLOCK, INTERVAL, best, flops_per_token, overhead
-from bench.report_models import classify_section, cross_vocab_section, realistic_section, scoring_memory_section
+from bench.report_models import (classify_section, cross_vocab_section, realistic_section, scoring_memory_section,
+                                 teacher_signal_section)
 
 MIB = 2 ** 20
 DOMAINS = ("code", "prose", "arithmetic", "records")
@@ -304,7 +305,7 @@ def write_report(folder: Path, out: Path) -> Path:
     step, scoring, ddk, growth = (_load(folder, n) for n in ("distill-step", "scoring", "ddk", "growth"))
     store, cross_vocab, scoring_memory, classify = (_load(folder, n) for n in ("store-scale", "cross-vocab",
                                                                                "scoring-memory", "classify"))
-    realistic = _load(folder, "realistic")
+    realistic, teacher_signal = _load(folder, "realistic"), _load(folder, "teacher-signal")
     goals: list[tuple[str, str, bool]] = []
     body: list[str] = []
     if step:
@@ -337,6 +338,8 @@ def write_report(folder: Path, out: Path) -> Path:
         body += classify_section(classify, goals)
     if realistic:
         body += realistic_section(realistic, goals)
+    if teacher_signal:
+        body += teacher_signal_section(teacher_signal, goals)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
             ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 140 "

@@ -135,3 +135,57 @@ def realistic_section(data: dict, goals: list) -> list[str]:
                          f"{s['before_peak_rss_kib'] * 1024 / GIB:.2f} GiB | {s['max_abs_difference']:.2g} |")
     lines += ["", f"Command: `{data['command']}` ({data['when']}, {data['seconds'] / 60:.0f} minutes)."]
     return lines + [""]
+
+
+def teacher_signal_section(data: dict, goals: list) -> list[str]:
+    """Section 12: the stored teacher signal (bench/teacher_signal.py; how: docs/teacher-signal.md)."""
+    import statistics
+
+    size = data["bytes_per_position"]
+    step, quality = data["step"], data["quality"]
+    lines = ["## 12. Paying for the teacher once: the stored teacher signal", "",
+             ("`kdh teacher-signal` stores per position the teacher's top-k ids with 4-bit log-probabilities (the tail "
+              "is what they leave of 1), or ids drawn from its distribution (Sparse Logit Sampling). Script "
+              "[bench/teacher_signal.py](../bench/teacher_signal.py); format and method: "
+              f"[docs/teacher-signal.md](teacher-signal.md). Load average {data['machine']['load_at_start'][0]:.1f} "
+              "at the start: the seconds are noisy, the ratios were measured side by side in one process."), "",
+             "| bytes per position | top-32 | top-64 | sampled, 12 draws | sampled, 16 |", "|---|---:|---:|---:|---:|"]
+    for vocab, label in (("gpt2", "GPT-2 (50,257 entries)"), ("qwen2", "Qwen2 (151,646)")):
+        lines.append(f"| {label} | " + " | ".join(str(size[f"{vocab} {m}"]) for m in
+                                                 ("top-k 32", "top-k 64", "sampled 12", "sampled 16")) + " |")
+    goals.append(("stored signal ≤ 160 bytes a position at k = 64, ≤ 48 sampled (GPT-2's vocabulary)",
+                  f"{size['gpt2 top-k 64']} and {size['gpt2 sampled 12']} (Qwen2's: {size['qwen2 top-k 64']} and "
+                  f"{size['qwen2 sampled 12']})", size["gpt2 top-k 64"] <= 160 and size["gpt2 sampled 12"] <= 48))
+    lines += ["", (f"**Step**: student {step['params']['student'] / 1e6:.2f}M, teacher {step['params']['teacher'] / 1e6:.1f}M "
+                   f"({step['teacher_to_student']:.2f}×), batch {step['batch']}, vocabulary {step['vocab']:,}: live teacher "
+                   f"{step['live_step_s']:.2f} s, stored top-64 {step['stored_step_s']:.2f} s, **{step['speedup']:.2f}× "
+                   "faster**. The student's own forward and backward stay, so at a 4× teacher the ceiling is about "
+                   "(3 + 4) / 3 ≈ 2.3× (docs/teacher-signal.md).")]
+    goals.append(("a step from the stored signal ≥ 3× faster than the live teacher at a 4× teacher",
+                  f"{step['speedup']:.2f}× (ceiling ≈ 2.3× by the FLOP count)", step["speedup"] >= 3))
+    rows = quality["rows"]
+    domains = [k.split("/", 1)[1] for k in rows[0] if k.startswith("bpb/")]
+    mean = {v: {k: statistics.mean(r[k] for r in rows if r["variant"] == v) for k in rows[0] if k.startswith("bpb/")}
+            for v in dict.fromkeys(r["variant"] for r in rows)}
+    ece = {v: [r["ece"] for r in rows if r["variant"] == v] for v in mean}
+    lines += ["", (f"**Quality** on the tiny demo world, {quality['steps']} steps, mean of "
+                   f"{len(ece['live'])} seeds: bits per byte per domain (change against the live teacher) and "
+                   "next-token ECE (mean ± s.d.):"), "",
+              "| target | " + " | ".join(domains) + " | ECE |", "|---|" + "---:|" * (len(domains) + 1)]
+    worst = 0.0
+    for v, m in mean.items():
+        cells = []
+        for d in domains:
+            change = 100 * (m[f"bpb/{d}"] / mean["live"][f"bpb/{d}"] - 1)
+            worst = max(worst, abs(change)) if v != "live" else worst
+            cells.append(f"{m[f'bpb/{d}']:.4f}" + ("" if v == "live" else f" ({change:+.2f}%)"))
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {statistics.mean(ece[v]):.4f} ± {statistics.stdev(ece[v]):.4f} |")
+    goals.append(("student quality from the stored signal (top-32, top-64, sampled) within 1% of full KD, 3 seeds",
+                  f"largest change {worst:.2f}%", worst <= 1))
+    gap = statistics.mean(ece["sampled-32"]) - statistics.mean(ece["top-32"])
+    spread = max(statistics.stdev(ece["sampled-32"]), statistics.stdev(ece["top-32"]))
+    goals.append(("sampled target's ECE no worse than top-k's at equal bytes, within the seeds' spread "
+                  "(80 bytes: 32 draws vs top-32)",
+                  f"{statistics.mean(ece['sampled-32']):.4f} vs {statistics.mean(ece['top-32']):.4f}: a gap of "
+                  f"{gap:+.4f}, inside one seed's s.d. ({spread:.4f})", gap <= spread))
+    return lines + [""]
