@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboards import data, tables, views
-from harness import recommend, trends
+from harness import analytics_report, recommend, trends
 from harness.scorecard import ITEM_COLUMNS, item_comparison, read_items
 
 
@@ -98,6 +98,8 @@ def view(ctx: views.Context) -> None:
                    "vocabulary) or next byte (across vocabularies); kl_bits, js_bits: per position, in bits; ece: "
                    "expected calibration error of the model, reference_ece: of the teacher.")
 
+    efficiency_profile(ctx, run_id, card)
+
     st.subheader("Trends over champion versions")
     history = champion_history(ctx.uri, ctx.suite)
     gates = ctx.runs[(ctx.runs["kind"] == "gate") & (ctx.runs["status"] == "FINISHED")]
@@ -118,6 +120,44 @@ def view(ctx: views.Context) -> None:
     st.subheader("Recommendations")
     advice = recommend.recommendations(card, _suite_of(card, floors), student, table if len(history) else None)
     st.markdown("\n".join(f"- {line}" for line in advice) if advice else "No rule fires on these numbers.")
+
+
+def efficiency_profile(ctx: views.Context, run_id: str, card) -> None:
+    """`kdh eval --profile`'s figures: generation latency, time to first token, tokens/s and memory per
+    model and batch size, and each model's over the teacher's beside its retention."""
+    st.subheader("Efficiency profile")
+    try:
+        profile = data.table(ctx.uri, run_id, "tables/profile.json")
+    except data.DataMissing:
+        st.info("This run has no generation profile: `kdh eval --profile` measures one.")
+        return
+    st.caption(f"Measured on {profile['hardware'].iloc[0]}; greedy generation of {int(profile['new_tokens'].iloc[0])} "
+               f"tokens after {int(profile['prompt_tokens'].iloc[0])}-token prompts of the suite's own text.")
+    shown = profile.drop(columns=["hardware"])
+    views._show(shown, "profile", shown.style.format(precision=2, thousands=","))
+    relative = analytics_report.profile_ratios(profile, card.reference, card.domains)
+    if not relative.empty:
+        for model in dict.fromkeys(relative["model"]):
+            st.altair_chart(profile_chart(relative, model, card.reference), width="stretch")
+        views._show(relative, "profile_ratios", relative.style.format(precision=3))
+
+
+def profile_chart(relative: pd.DataFrame, model: str, reference: str) -> alt.LayerChart:
+    """One model's latency, time to first token, memory and size over the teacher's, per batch size
+    (below 1: cheaper), its retention in the title."""
+    mine = relative[relative["model"] == model]
+    measures = [c for c in mine.columns if c.endswith(f" ÷ {reference}") and not c.startswith("tokens_per_s")]
+    long = mine.melt(id_vars=["batch"], value_vars=measures, var_name="measure", value_name="ratio")
+    long["measure"] = long["measure"].str.replace(f" ÷ {reference}", "", regex=False)
+    base = alt.Chart(long).encode(y=alt.Y("measure:N", title=None), yOffset="batch:N",
+                                  x=alt.X("ratio:Q", title=f"÷ {reference} (1 = the same; below: cheaper)"))
+    bars = base.mark_bar().encode(color=alt.Color("batch:N", title="batch"),
+                                  tooltip=["batch", "measure", alt.Tooltip("ratio:Q", format=".3f")])
+    text = base.mark_text(align="left", dx=3).encode(text=alt.Text("ratio:Q", format=".2f"))
+    parity = alt.Chart(pd.DataFrame({"x": [1.0]})).mark_rule(strokeDash=[4, 3], color="#616161").encode(x="x:Q")
+    retention = mine["retention"].iloc[0]
+    return (bars + text + parity).properties(
+        title=f"{model}: cost against {reference} (mean retention {retention:.3f})", height=60 * len(measures))
 
 
 def side_by_side(ctx: views.Context, run_id: str, card) -> None:

@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:
 
 import streamlit as st
 
-from dashboards import analytics, charts, data, tables, views
+from dashboards import analytics, charts, data, sweep, tables, views
 from harness import home, tracking
 
 home.configure_environment()  # offline and without telemetry, like every kdh verb
@@ -50,7 +50,8 @@ if runs.empty:
     views.empty_store(tracking.redact(uri), f"suite '{suite}' has no runs")
     st.stop()
 
-VIEWS = {**views.VIEWS, "Analytics": analytics.view}  # dashboards/analytics.py: agreement, trends, advice
+# dashboards/analytics.py: agreement, efficiency, trends, advice; dashboards/sweep.py: the size sweep's frontier
+VIEWS = {**views.VIEWS, "Analytics": analytics.view, "Sweep": sweep.view}
 view = st.sidebar.radio("View", list(VIEWS), key="view")
 
 # Filters narrow every view's run lists; a nested run stays with its parent.

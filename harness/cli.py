@@ -143,14 +143,14 @@ def profile_report(scorecard, out: Path) -> str:
     """The generation profile `kdh eval --profile` measured, and each student's ratios to the reference."""
     import pandas as pd
 
-    from harness.efficiency import ratios
+    from harness.analytics_report import profile_ratios
     from harness.report import table
 
     found = pd.read_csv(out / "profile.csv")
     shown = found.drop(columns=["hardware"]).assign(size_mb=found["bytes_on_disk"] / 2**20).drop(columns=["bytes_on_disk"])
     return "\n".join([f"Generation profile (greedy; measured on {found['hardware'].iloc[0]})", "", table(shown), "",
                       f"Student ÷ {scorecard.reference} beside the student's mean retention", "",
-                      table(ratios(found, scorecard.reference, scorecard.domains)), ""])
+                      table(profile_ratios(found, scorecard.reference, scorecard.domains)), ""])
 
 
 def cmd_distill(args) -> int:
@@ -303,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_prepare.add_verbs(verbs)  # prepare
     cli_classify.add_verbs(verbs)  # classify
     cli_signal.add_verbs(verbs)  # teacher-signal
-    cli_analytics.add_verbs(verbs)  # align
+    cli_analytics.add_verbs(verbs)  # align, sweep
     dashboard.add_verb(verbs)
     return parser
 

@@ -9,7 +9,7 @@ from harness import console
 from harness.errors import BadInput, KdhError, distill_errors
 from harness.inputs import (add_verb, model_or_demo, model_ref, open_suite, output_folder, scoring_arguments,
                             scoring_options)
-from harness.report import verdict_report
+from harness.report import trends_report, verdict_report
 
 
 def cmd_gate(args) -> int:
@@ -54,6 +54,8 @@ def cmd_gate(args) -> int:
         steps.write_verdict_files(failed.with_failures("gate", "run", [str(err)]), suite, None, args.junit, args.summary)
         raise
     console.say(verdict_report(outcome.verdict))
+    if ahead := trends_report(outcome.trends, outcome.recommendations):
+        console.say("\n" + ahead)
     console.say(f"\nVerdict: {out / 'verdict.csv'} · MLflow run {outcome.run_id}"
                 + (f" · JUnit {args.junit}" if args.junit else "") + (f" · summary {args.summary}" if args.summary else ""))
     return outcome.exit_code

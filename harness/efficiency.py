@@ -7,7 +7,7 @@ prompt's forward pass) and ``NEW_TOKENS`` new tokens. The **latency per token** 
 tokens after the first, per decoding step; **tokens/s** counts every sequence's new tokens. Peak
 memory is the process's (CPU: resident set; CUDA: allocated) during the runs, parameters and size on
 disk come from the model and its folder. One warm-up generation runs first and is not counted.
-``ratios`` puts the student's figures over the teacher's beside its retention (docs/analytics.md).
+harness/analytics_report.py puts the student's figures over the teacher's beside its retention.
 """
 
 from __future__ import annotations
@@ -92,20 +92,3 @@ def profile(refs, texts: list[str], batches=BATCHES, new_tokens: int = NEW_TOKEN
     for ref in console.bar(refs, desc="profiling", unit="model", leave=False):
         rows += profile_model(ref, texts, batches, new_tokens)
     return pd.DataFrame(rows, columns=PROFILE_COLUMNS)
-
-
-def ratios(table: pd.DataFrame, reference: str, retention: pd.DataFrame) -> pd.DataFrame:
-    """Per model other than the reference and batch size: its figures over the reference's (below 1:
-    cheaper, for latency, memory, parameters and size; above 1: faster, for tokens/s), beside its mean
-    retention over the domains (``retention``: the scorecard's domains table)."""
-    ref = table[table["model"] == reference].set_index("batch")
-    out = []
-    for row in table[table["model"] != reference].itertuples():
-        if row.batch not in ref.index:
-            continue
-        base = ref.loc[row.batch]
-        mine = retention.loc[retention["model"] == row.model, "retention"]
-        out.append({"model": row.model, "batch": row.batch, "retention": float(mine.mean()) if len(mine) else float("nan"),
-                    **{f"{c} ÷ {reference}": getattr(row, c) / base[c] if base[c] else float("nan")
-                       for c in ("ms_per_token", "ttft_ms", "tokens_per_s", "peak_memory_mb", "parameters", "bytes_on_disk")}})
-    return pd.DataFrame(out)

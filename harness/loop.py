@@ -19,7 +19,7 @@ from harness.console import note, say
 from harness.errors import EXIT_PASS
 from harness.models import ModelRef
 from harness.registry import Suite
-from harness.report import scorecard_report, table, verdict_report
+from harness.report import scorecard_report, table, trends_report, verdict_report
 from harness.scorecard import Scorecard
 from harness.scoring import ScoringOptions
 
@@ -130,6 +130,8 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
                                  replace(teacher, name="champion", source=student_dir), options, round_out / "gate",
                                  junit, summary, contamination=contamination)
             say(verdict_report(outcome.verdict))
+            if ahead := trends_report(outcome.trends, outcome.recommendations):
+                say(ahead)
             after = outcome.scorecard
             if not outcome.verdict.passed:
                 exit_code = outcome.exit_code

@@ -138,3 +138,19 @@ def markdown_summary(verdict, suite_name: str, scorecard=None) -> str:
     lines += ["| " + " | ".join(_md(v) for v in row) + " |" for row in _verdict_frame(verdict).itertuples(index=False)]
     lines += ["", "</details>", ""]
     return "\n".join(lines)
+
+
+def trends_report(trends: pd.DataFrame | None, recommendations: list[str] | None) -> str:
+    """The gate's look ahead for the console: each domain's trend over the champion versions (when
+    there is a history to fit) with its alerts, then the recommendations (harness/trends.py,
+    harness/recommend.py)."""
+    parts = []
+    if trends is not None and len(trends) and (trends["points"] > 1).any():
+        shown = trends[["domain", "points", "latest", "per_version", "forecast", "floor", "alert"]]
+        parts += ["Trends over champion versions (a line through the last versions, and where it leads)", "",
+                  table(shown), ""]
+        parts += [f"⚠ Trend alert · {r.domain}: {r.reason}" for r in trends.itertuples() if r.alert]
+        parts += [""] if trends["alert"].any() else []
+    if recommendations:
+        parts += ["Recommendations", *[f"  - {line}" for line in recommendations], ""]
+    return "\n".join(parts).rstrip()

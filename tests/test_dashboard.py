@@ -27,7 +27,7 @@ from harness.cli import main
 from harness.scorecard import Scorecard, item_comparison
 
 APP = Path(__file__).resolve().parent.parent / "dashboards" / "app.py"
-VIEWS = ("Scorecard", "Gate", "Distillation", "History", "Compare", "Analytics")
+VIEWS = ("Scorecard", "Gate", "Distillation", "History", "Compare", "Analytics", "Sweep")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,8 @@ def store(tiny_world, lenient_suite, tmp_path_factory):
     # A second suite, so that the suite selector has a choice.
     other = suites / "other.yaml"
     other.write_text(lenient_suite.read_text().replace("name: default", "name: other", 1))
-    assert main(["eval", "--suite", str(other), "--tracking-uri", uri, "--out", str(folder / "other-eval")]) == 0
+    assert main(["eval", "--suite", str(other), "--tracking-uri", uri, "--out", str(folder / "other-eval"),
+                 "--profile"]) == 0
     yield uri, folder
     mlflow.set_tracking_uri(home.tracking_uri())  # the app pointed MLflow's global URI at this store
 
@@ -77,7 +78,8 @@ TABLES = {  # the columns that tell the page's tables apart
     "promotions": {"promoted_at", "previous_champion"}, "slide": {"per run", "runs to floor"},
     "efficiency": {"measure", "student ÷ teacher"}, "compare": {"domain", "A", "B", "B − A"},
     "agreement": {"top1_agreement", "kl_bits", "reference_ece"}, "trends": {"per_version", "versions_to_floor"},
-    "items": {"gold", "differs"},
+    "items": {"gold", "differs"}, "profile": {"ttft_ms", "ms_per_token", "batch"},
+    "profile ratios": {"retention", "ms_per_token ÷ teacher"},
 }
 
 
@@ -348,3 +350,23 @@ def test_analytics_shows_agreement_and_the_champion_trend(store, monkeypatch):
     at.checkbox(key="items_disagreements").check().run()
     only = frame(at, "items")
     assert only["differs"].all() and len(only) == int(expected["differs"].sum())
+
+
+@pytest.mark.slow
+def test_analytics_shows_the_generation_profile_of_an_eval_run_with_one(store, monkeypatch):
+    uri, folder = store
+    at = app(monkeypatch, uri)
+    at.sidebar.selectbox(key="suite").set_value("other").run()
+    at = show(at, "Analytics")
+    profile = pd.read_csv(folder / "other-eval" / "profile.csv")
+    shown = frame(at, "profile").set_index(["model", "batch"])
+    assert set(shown.index) == set(zip(profile["model"], profile["batch"])) == {(m, b) for m in ("teacher", "student")
+                                                                                for b in (1, 8)}
+    for row in profile.itertuples():
+        assert shown.loc[(row.model, row.batch), "ms_per_token"] == pytest.approx(row.ms_per_token)
+    ratios = frame(at, "profile ratios").set_index("batch")
+    assert ratios["ms_per_token ÷ teacher"].to_numpy() == pytest.approx(
+        [profile.query("model == 'student' and batch == @b")["ms_per_token"].iloc[0]
+         / profile.query("model == 'teacher' and batch == @b")["ms_per_token"].iloc[0] for b in ratios.index])
+    assert chart(at, "student: cost against teacher")
+    assert any("Measured on" in c.value and "torch" in c.value for c in at.caption)

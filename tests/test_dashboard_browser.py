@@ -101,6 +101,23 @@ def open_scorecard(driver, url: str, timeout: float = 60) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
+def open_view(driver, view: str, heading: str, timeout: float = 60) -> str:
+    """Pick a view in the sidebar as a person does (a click on its label) and wait for its heading
+    and a drawn chart; the page's text, then the texts drawn in its charts."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    sidebar = driver.find_element(By.CSS_SELECTOR, '[data-testid="stSidebar"]')
+    sidebar.find_element(By.XPATH, f".//label[.//p[normalize-space()='{view}']]").click()
+    WebDriverWait(driver, timeout).until(
+        lambda d: heading in d.find_element(By.TAG_NAME, "body").text
+        and d.find_elements(By.CSS_SELECTOR, "canvas, svg.marks")
+        and not d.find_elements(By.CSS_SELECTOR, '[data-testid="stStatusWidget"]'))
+    time.sleep(1.0)
+    charts = [t.text for t in driver.find_elements(By.CSS_SELECTOR, "svg.marks text")]
+    return driver.find_element(By.TAG_NAME, "body").text + "\n" + "\n".join(charts)
+
+
 # --------------------------------------------------------------------------------------------
 
 
@@ -131,12 +148,19 @@ def test_the_scorecard_loads_in_headless_chromium(served, tmp_path):
         text = open_scorecard(driver, f"http://127.0.0.1:{port}")
         shot = tmp_path / "scorecard.png"
         assert driver.save_screenshot(str(shot))
+        analytics = open_view(driver, "Analytics", "Agreement with the teacher and calibration")
     finally:
         driver.quit()
     assert "Scorecard" in text and "Traceback" not in text
     for domain, value in retention.items():
         assert domain in text and f"{value:.3f}" in text  # each domain's tile: the candidate's retention
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    # The Analytics view: the candidate's top-1 agreement with the teacher per domain, as the gate measured it.
+    assert "Traceback" not in analytics and "Recommendations" in analytics
+    assert "Top-1 agreement with the teacher" in analytics  # the chart's title, drawn
+    kl = card.agreement_domains.set_index(["model", "domain"])["kl_bits"]["candidate"]
+    for domain, value in kl.items():  # each bar's label: the model and its KL from the teacher
+        assert domain in analytics and f"candidate · KL {value:.2f}" in analytics
 
 
 # --------------------------------------------------------------------------------------------

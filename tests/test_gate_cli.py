@@ -5,6 +5,8 @@ teacher is not scored twice; the plugin's tests fail exactly where the gate's ch
 
 from __future__ import annotations
 
+import re
+
 import json
 import shutil
 import xml.etree.ElementTree as ET
@@ -71,6 +73,19 @@ def test_the_champion_against_itself_passes(lenient_suite, world, tmp_path, caps
     assert "PASSED" in printed
     assert ET.parse(tmp_path / "junit.xml").find(".//testsuite").get("failures") == "0"
     assert (tmp_path / "summary.md").read_text().startswith("## ✅")
+
+    # The same scorecard under a floor of 0.99: the recommendations the summary holds are on the console too.
+    strict = tmp_path / "suite" / "strict.yaml"
+    shutil.copytree(lenient_suite.parent / "tasks", strict.parent / "tasks")
+    strict.write_text(lenient_suite.read_text().replace("min_retention: 0.1", "min_retention: 0.99"))
+    out = tmp_path / "strict"
+    assert main(["gate", "--suite", str(strict), "--scorecard", str(tmp_path), "--out", str(out),
+                 "--summary", str(out / "summary.md")]) == 1
+    printed, summary = capsys.readouterr().out, (out / "summary.md").read_text()
+    advice = re.findall(r"^- (.+)$", summary.split("### Recommendations", 1)[1], re.M)
+    assert any(re.match(r"records: retention 0\.\d\d < 0\.99", line) for line in advice), advice
+    assert "Recommendations" in printed and all(f"  - {line}" in printed for line in advice)
+    assert printed.count("Trend alert") == summary.count("⚠️ **")
 
 
 def test_a_second_gate_does_not_score_the_teacher_again(lenient_suite, world, damaged, tmp_path, monkeypatch):

@@ -85,3 +85,16 @@ def test_recommendations_follow_their_rules_and_cite_their_numbers():
     ]
     # Healthy numbers give no advice at all.
     assert recommend.recommendations(_card({"code": 0.99, "prose": 0.99, "math": 0.99}, {}), _suite(), "student") == []
+
+
+def test_the_console_report_shows_the_trend_its_alerts_and_the_advice():
+    from harness.report import trends_report
+
+    table = trends.trend_table(history({"code": [0.95, 0.93, 0.90, 0.88, 0.85], "prose": [0.9] * 5}),
+                               {"code": 0.8, "prose": 0.8})
+    text = trends_report(table, ["code: retention 0.85 is within 0.05 of its floor 0.80 — watch it"])
+    assert text.startswith("Trends over champion versions")
+    assert "⚠ Trend alert · code: falls 0.025 per version" in text and "Trend alert · prose" not in text
+    assert text.endswith("Recommendations\n  - code: retention 0.85 is within 0.05 of its floor 0.80 — watch it")
+    one_version = trends.trend_table(history({"code": [0.9]}), {"code": 0.8})
+    assert trends_report(one_version, []) == ""  # nothing to fit, nothing to advise: nothing printed
