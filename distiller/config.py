@@ -59,6 +59,13 @@ class DistillConfig:
     progress: bool = True
     # A stored teacher signal (`kdh teacher-signal`, docs/teacher-signal.md): train from it, never load the teacher.
     teacher_signal: str | None = None
+    # On-policy distillation (GKD, distiller/onpolicy.py, docs/on-policy.md): a share lmbda of the steps train
+    # JSD_β on the student's own continuations of prompt_tokens-token prompts; 0 is supervised KD alone.
+    lmbda: float = 0.0
+    beta: float = 0.5
+    prompt_tokens: int = 64
+    new_tokens: int = 64
+    sampling_temperature: float = 1.0
 
     def __post_init__(self):
         from distiller.losses import DIVERGENCES  # here, so that a command line's start-up needs no torch
@@ -104,12 +111,33 @@ class DistillConfig:
                              f"stored top-k with its tail, or the sampled target), not --kd {self.kd} --divergence "
                              f"{self.divergence}: {', '.join(m for m in KD_MODES if m != 'kd')} need the live teacher "
                              "(dskd, dskd-cma: its hidden states; uld: its distribution over its own tokenization)")
+        if not (0.0 <= self.lmbda <= 1.0 and 0.0 <= self.beta <= 1.0):
+            raise InputError(f"--lmbda and --beta must be in [0, 1], got {self.lmbda} and {self.beta}")
+        if self.lmbda > 0:
+            self._check_on_policy()
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.initial_ratios is not None:
             bad = {d: r for d, r in self.initial_ratios.items() if not (math.isfinite(r) and r > 0)}
             if bad or not self.initial_ratios:
                 raise InputError(f"initial ratios must be finite and > 0 for every domain, got {self.initial_ratios}")
+
+
+    def _check_on_policy(self) -> None:
+        for name in ("prompt_tokens", "new_tokens"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
+                raise InputError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if self.prompt_tokens > self.block_size:
+            raise InputError(f"--prompt-tokens {self.prompt_tokens} is longer than a row (--block-size "
+                             f"{self.block_size}): the prompts are cut from the sampled rows")
+        if not (math.isfinite(self.sampling_temperature) and self.sampling_temperature > 0):
+            raise InputError(f"--sampling-temperature must be a finite number > 0, got {self.sampling_temperature!r}")
+        # The teacher scores the student's tokens: one vocabulary, a live teacher, a whole student to sample from.
+        why = {"--kd": self.kd != "kd" or self.kd_weight == 0, "--teacher-signal": self.teacher_signal is not None,
+               "--sharding fsdp": self.sharding == "fsdp"}
+        if any(why.values()):
+            raise InputError(f"--lmbda > 0 (on-policy distillation) trains --kd kd with the live teacher scoring "
+                             f"the student's own tokens; not with {', '.join(k for k, v in why.items() if v)}")
 
 
 def same_vocabulary(teacher_tokenizer, student_tokenizer) -> bool:

@@ -7,6 +7,8 @@ weights, and the sampler draws from them. The paper's baselines are settings of 
 ``mixture`` uniform / natural / fixed, ``kd_weight=0`` for CPT. The other teacher signals (dskd,
 dskd-cma, uld) are the same loop with another loss per batch (distiller/step.py); with two
 tokenizers each row carries both tokenizations of one text and DDK's ratios are in bits per byte.
+With ``lmbda`` > 0 a share of the steps is on-policy (GKD): the student continues the sampled rows'
+prompts and learns JSD_β from the teacher on its own tokens (distiller/onpolicy.py).
 
 One code path on one CPU and under ``accelerate launch``: every rank holds the same sampler and
 takes its slice of each global batch; per-domain losses are summed across ranks so every rank
@@ -35,6 +37,7 @@ from distiller.files import write_atomic_folder
 from distiller.sources import domain_data
 from distiller.store import TokenStore
 from distiller.step import SignalStep, Step, make_projectors, shared_tokens, sync_gradients
+from distiller.onpolicy import OnPolicyStep, Policy
 from distiller.teacher_signal import open_for_run
 
 
@@ -171,6 +174,10 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     if signal is not None:
         step_loss = SignalStep(config.kd_weight, student, unwrapped,
                                {"temperature": config.temperature, "chunk_size": config.chunk_size})
+    # GKD: a share λ of the steps train on the student's own continuations (distiller/onpolicy.py).
+    own_step = None if config.lmbda == 0 else OnPolicyStep(
+        on_policy(config, models), student, unwrapped, models.teacher, models.tokenizer.eos_token_id,
+        {"temperature": config.temperature, "chunk_size": config.chunk_size})
     trained = list(student.parameters()) + (list(projectors.parameters()) if projectors is not None else [])
     bar = tqdm(range(start_step, config.steps), initial=start_step, total=config.steps, desc="distill",
                disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True, file=progress_stream)
@@ -179,11 +186,14 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     for step in bar:
         rows, _ = sampler.next_batch(config.batch_size * config.grad_accum, rank=rank, world_size=world)
         target = signal.batch(sampler.last_picks) if signal is not None else None  # the rows' stored targets
+        own = own_step is not None and own_step.policy.on_policy(step)  # the student continues the rows' prompts
         terms = torch.zeros(3, device=accelerator.device)  # loss, ce, kd of this rank's rows
         for i, micro in enumerate(rows.split(config.batch_size)):
             with sharding.no_sync(student, accelerator, sync=i == config.grad_accum - 1):
                 with accelerator.autocast():
-                    if target is None:
+                    if own:
+                        loss, ce, kd = own_step(micro.to(accelerator.device), seed=hash((config.seed, step, rank, i)))
+                    elif target is None:
                         loss, ce, kd = step_loss(micro.to(accelerator.device))
                     else:
                         part = target.rows(i * config.batch_size, (i + 1) * config.batch_size)
@@ -202,7 +212,7 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        tokens += len(rows) * models.block * world
+        tokens += (own_step.tokens(len(rows)) if own else len(rows) * models.block) * world
         # The global batch's loss (each rank's is of its own rows): what one process would log.
         loss, ce, kd = (accelerator.reduce(terms, reduction="mean") if world > 1 else terms).tolist()
         curve[done] = loss
@@ -220,7 +230,7 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
             rate = tokens / (time.perf_counter() - loop_started)
             bar.set_postfix(loss=f"{smooth:.3f}", tok_s=f"{rate:,.0f}",
                             w=" ".join(f"{d[:4]}:{w:.2f}" for d, w in ddk.weights.items()))
-            _log_metrics(accelerator, done, {"loss": loss, "ce": ce, "kd": kd,
+            _log_metrics(accelerator, done, {"loss": loss, "ce": ce, "kd": kd, "on_policy": float(own),
                                              "lr": scheduler.get_last_lr()[0], "tokens_per_s": rate})
         if done % config.save_every == 0 or done == config.steps:
             _save(accelerator, config, done, unwrapped, models.tokenizer, optimizer, scheduler, sampler, ddk,
@@ -243,6 +253,16 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
                          history=ddk.history, ratio_of=data.ratio_of, tokens_per_s=tokens / seconds if seconds else 0.0,
                          ddk_seconds=ddk_seconds, setup_seconds=setup_seconds, seconds=seconds,
                          teacher_signal=signal.fingerprint if signal is not None else None)
+
+
+def on_policy(config: DistillConfig, models: Models) -> Policy:
+    """The run's GKD settings; a prompt and its continuation must fit both models' context."""
+    context = min(models.student.config.max_position_embeddings, models.teacher.config.max_position_embeddings)
+    if config.prompt_tokens + config.new_tokens > context:
+        raise InputError(f"--prompt-tokens {config.prompt_tokens} + --new-tokens {config.new_tokens} exceed the "
+                         f"models' context of {context} tokens")
+    return Policy(config.lmbda, config.beta, config.prompt_tokens, config.new_tokens, config.sampling_temperature,
+                  config.seed)
 
 
 def _optimizer(config: DistillConfig, student, projectors):

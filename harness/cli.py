@@ -16,8 +16,8 @@ from pathlib import Path
 
 from harness import console, home
 from harness.errors import EXIT_RUNTIME, BadInput, KdhError, distill_errors
-from harness.inputs import (DEMO_SIZES, add_verb, demo_world, model_or_demo, model_ref, open_suite, output_folder,
-                            scoring_arguments, scoring_options)
+from harness.inputs import (DEMO_SIZES, add_verb, demo_world, model_or_demo, model_ref, on_policy_arguments,
+                            on_policy_options, open_suite, output_folder, scoring_arguments, scoring_options)
 
 # --------------------------------------------------------------------------------------------
 # Verbs
@@ -188,7 +188,7 @@ def cmd_distill(args) -> int:
             mixture=args.mixture, interval=args.interval, initial_ratios=ratios, save_every=args.save_every,
             resume=args.resume, seed=args.seed, mixed_precision=args.mixed_precision,
             grad_accum=args.grad_accum, sharding=args.sharding, device=args.device,
-            teacher_signal=args.teacher_signal)
+            teacher_signal=args.teacher_signal, **on_policy_options(args))
         check_pair(teacher, student, args.kd, config.kd_weight)  # e.g. two tokenizers under --kd kd, before a run
         # One process tokenizes the corpus (or finds it tokenized); the others then find it.
         store = Path(args.store) if args.store else None
@@ -298,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="under accelerate launch: ddp (each process a whole student) or fsdp (FSDP2 shards)")
     di.add_argument("--device", default=DistillConfig.device, choices=DEVICES)
     di.add_argument("--teacher-signal", metavar="PATH", help="train from a stored teacher signal (kdh teacher-signal)")
+    on_policy_arguments(di)
     di.add_argument("--tracking-uri")
     cli_loop.add_verbs(verbs)  # gate, promote, loop
     cli_prepare.add_verbs(verbs)  # prepare

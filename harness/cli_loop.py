@@ -7,7 +7,8 @@ from pathlib import Path
 
 from harness import console
 from harness.errors import BadInput, KdhError, distill_errors
-from harness.inputs import (add_verb, model_or_demo, model_ref, open_suite, output_folder, scoring_arguments,
+from harness.inputs import (add_verb, model_or_demo, model_ref, on_policy_arguments, on_policy_options, open_suite,
+                            output_folder, scoring_arguments,
                             scoring_options)
 from harness.report import trends_report, verdict_report
 
@@ -106,7 +107,7 @@ def cmd_loop(args) -> int:
                                  block_size=args.block_size,
                                  kd=args.kd, kd_weight=kd_weight, interval=args.interval, seed=args.seed,
                                  promote=not args.no_promote, store=store, teacher_signal=args.teacher_signal,
-                                 signal_k=args.signal_k, signal_mode=args.signal_mode)
+                                 signal_k=args.signal_k, signal_mode=args.signal_mode, on_policy=on_policy_options(args))
     out = output_folder(args.out, "loop", suite.name)
     console.note(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
                  f"{args.rounds} round(s) · tracking {tracking.redact(uri)}")
@@ -165,6 +166,7 @@ def add_verbs(verbs) -> None:
     lo.add_argument("--signal-k", type=int, default=64, help="with --teacher-signal alone: top-k entries (or draws)")
     lo.add_argument("--signal-mode", default="top-k", choices=("top-k", "sampled"),
                     help="with --teacher-signal alone: the top-k with its tail, or ids sampled from the teacher")
+    on_policy_arguments(lo)
     lo.add_argument("--junit", metavar="FILE")
     lo.add_argument("--summary", metavar="FILE")
     scoring_arguments(lo)

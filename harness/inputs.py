@@ -101,3 +101,27 @@ def output_folder(given: str | None, kind: str, *name: str) -> Path:
     if given:
         return Path(given)
     return home.kdh_home() / kind / "-".join([*name, time.strftime("%Y%m%d-%H%M%S")])
+
+
+ON_POLICY_FIELDS = ("lmbda", "beta", "prompt_tokens", "new_tokens", "sampling_temperature")
+
+
+def on_policy_arguments(parser) -> None:
+    """GKD's flags (distill, loop): the share of on-policy steps and their divergence (docs/on-policy.md)."""
+    from distiller.config import DistillConfig
+
+    parser.add_argument("--lmbda", type=float, default=DistillConfig.lmbda,
+                        help="share of steps on the student's own continuations, scored by the teacher (GKD's λ; "
+                             "default 0: supervised KD only)")
+    parser.add_argument("--beta", type=float, default=DistillConfig.beta,
+                        help="on-policy steps' JSD_β: 0 forward KL, 1 reverse KL (default 0.5)")
+    parser.add_argument("--prompt-tokens", type=int, default=DistillConfig.prompt_tokens,
+                        help="of each sampled row, the prompt the student continues")
+    parser.add_argument("--new-tokens", type=int, default=DistillConfig.new_tokens,
+                        help="tokens the student samples after each prompt")
+    parser.add_argument("--sampling-temperature", type=float, default=DistillConfig.sampling_temperature)
+
+
+def on_policy_options(args) -> dict:
+    """The on-policy flags as DistillConfig fields."""
+    return {name: getattr(args, name) for name in ON_POLICY_FIELDS}

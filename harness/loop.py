@@ -8,7 +8,7 @@ gate passes; ``rounds`` > 1 repeats while weak domains remain.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +42,7 @@ class LoopSettings:
     teacher_signal: str | None = None
     signal_k: int = 64
     signal_mode: str = "top-k"
+    on_policy: dict = field(default_factory=dict)  # GKD's DistillConfig fields: lmbda, beta, … (docs/on-policy.md)
 
 
 def weak_domains(scorecard: Scorecard, suite: Suite, model: str = "student") -> list[str]:
@@ -62,7 +63,7 @@ def distill_round(suite: Suite, teacher: ModelRef, student_dir: str, ratios: dic
     config = DistillConfig(teacher=teacher.source, student=student_dir, output_dir=str(out), steps=settings.steps,
                            batch_size=settings.batch_size, block_size=settings.block_size, lr=settings.lr,
                            kd=settings.kd, kd_weight=settings.kd_weight, interval=settings.interval, initial_ratios=ratios,
-                           seed=settings.seed + round_no, teacher_signal=settings.teacher_signal)
+                           seed=settings.seed + round_no, teacher_signal=settings.teacher_signal, **settings.on_policy)
     return steps.distill(suite, config, f"distill round {round_no}", params={"round": round_no}, store=settings.store)
 
 

@@ -1,0 +1,114 @@
+"""On-policy distillation (distiller/onpolicy.py, GKD): the student's own continuations, the generalised
+JSD on exactly the generated tokens, a share λ of the steps decided by (seed, step), and a run that
+resumes to the very same student. Real tiny transformers models of the tiny demo world."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from distiller.config import DistillConfig
+from distiller.errors import InputError
+from distiller.losses import divergence_from_log_probs
+from distiller.onpolicy import IGNORE, OnPolicyStep, Policy, continue_prompts, generated_labels
+from distiller.trainer import distill
+
+EOS = 0
+
+
+def test_the_labels_are_the_continuation_up_to_its_end_of_text():
+    rows = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 6, 7, EOS, 3, 4], [5, 6, EOS, 8, 9, 10]])
+    labels = generated_labels(rows, prompt_tokens=3, eos_id=EOS)
+    assert labels.tolist() == [[IGNORE, IGNORE, 8, 9, 10],  # the prompt's own next tokens are not trained
+                               [IGNORE, IGNORE, EOS, IGNORE, IGNORE],  # the end is learnt, what follows is not
+                               [IGNORE, IGNORE, 8, 9, 10]]  # an end-of-text inside the prompt ends nothing
+    assert generated_labels(rows, 3, None)[1].tolist() == [IGNORE, IGNORE, EOS, 3, 4]
+
+
+def test_the_share_of_on_policy_steps_is_lambda_and_the_same_on_every_call():
+    policy = Policy(lmbda=0.3, seed=7)
+    picks = [policy.on_policy(s) for s in range(2000)]
+    assert 0.27 < sum(picks) / len(picks) < 0.33
+    assert picks == [Policy(lmbda=0.3, seed=7).on_policy(s) for s in range(2000)]  # a resumed run decides alike
+    assert picks != [Policy(lmbda=0.3, seed=8).on_policy(s) for s in range(2000)]
+    assert not any(Policy(lmbda=0.0).on_policy(s) for s in range(100))
+    assert all(Policy(lmbda=1.0).on_policy(s) for s in range(100))
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_world):
+    student = AutoModelForCausalLM.from_pretrained(tiny_world.student_dir)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_world.teacher_dir).eval()
+    eos = AutoTokenizer.from_pretrained(tiny_world.student_dir).eos_token_id
+    return student, teacher, eos
+
+
+def test_the_student_continues_each_prompt_reproducibly_and_leaves_the_run_s_random_state(pair):
+    student, _, eos = pair
+    prompts = torch.randint(1, 300, (4, 8), generator=torch.Generator().manual_seed(0))
+    policy = Policy(prompt_tokens=8, new_tokens=12)
+    student.train()
+    state = torch.get_rng_state()
+    first = continue_prompts(student, prompts, policy, eos, seed=3)
+    assert torch.equal(torch.get_rng_state(), state) and student.training
+    assert first.shape == (4, 20) and torch.equal(first[:, :8], prompts)
+    assert torch.equal(first, continue_prompts(student, prompts, policy, eos, seed=3))
+    assert not torch.equal(first, continue_prompts(student, prompts, policy, eos, seed=4))
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 1.0])
+def test_the_loss_is_the_generalised_jsd_on_the_generated_tokens_only(pair, beta):
+    student, teacher, eos = pair
+    rows = torch.randint(1, 300, (3, 30), generator=torch.Generator().manual_seed(1))
+    policy = Policy(lmbda=1.0, beta=beta, prompt_tokens=6, new_tokens=10)
+    step = OnPolicyStep(policy, student, student, teacher, eos, {"temperature": 1.0, "chunk_size": 7})
+    student.zero_grad()
+    loss, _, kd = step(rows, seed=5)
+    loss.backward()
+    assert student.get_input_embeddings().weight.grad.abs().sum() > 0
+
+    sequences = continue_prompts(student, rows[:, :6], policy, eos, seed=5)  # the same continuations
+    labels = generated_labels(sequences, 6, eos)
+    with torch.no_grad():
+        log_q = torch.log_softmax(student(sequences[:, :-1]).logits.double(), -1)
+        log_p = torch.log_softmax(teacher(sequences[:, :-1]).logits.double(), -1)
+    valid = labels != IGNORE
+    expected = divergence_from_log_probs(log_q[valid], log_p[valid], "jsd", beta, 0.1).mean()
+    assert kd.item() == pytest.approx(expected.item(), rel=1e-4)
+    assert valid[:, :5].sum() == 0 and valid.sum() > 0
+
+
+def test_on_policy_needs_one_vocabulary_and_a_live_teacher(tiny_world, tmp_path):
+    base = {"teacher": str(tiny_world.teacher_dir), "student": str(tiny_world.student_dir), "output_dir": str(tmp_path)}
+    for bad, says in [({"kd": "uld"}, "not with --kd"), ({"teacher_signal": "x"}, "--teacher-signal"),
+                      ({"lmbda": 1.5}, "--lmbda and --beta must be in [0, 1]"),
+                      ({"prompt_tokens": 300, "block_size": 256}, "longer than a row")]:
+        with pytest.raises(InputError, match=re.escape(says)):
+            DistillConfig(**base, lmbda=bad.pop("lmbda", 0.5), **bad)
+
+
+def test_an_on_policy_run_resumed_from_its_checkpoint_ends_with_the_same_student(tiny_world, tiny_store, tmp_path):
+    store = tiny_store(tiny_world.student_dir)
+
+    def run(out, **extra):
+        config = DistillConfig(teacher=str(tiny_world.teacher_dir), student=str(tiny_world.student_dir),
+                               output_dir=str(out), steps=8, batch_size=4, block_size=64, interval=4, save_every=4,
+                               val_blocks=4, lmbda=0.5, prompt_tokens=16, new_tokens=16, progress=False, seed=3,
+                               **extra)
+        return distill(config, store)
+
+    whole = run(tmp_path / "whole")
+    picks = [Policy(lmbda=0.5, seed=3).on_policy(s) for s in range(8)]
+    assert any(picks) and not all(picks)  # both kinds of step in these 8
+    resumed_out = tmp_path / "resumed"
+    (resumed_out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(tmp_path / "whole" / "checkpoints" / "step-0000004", resumed_out / "checkpoints" / "step-0000004")
+    resumed = run(resumed_out, resume=True)
+    a = load_file(next(whole.student_dir.glob("*.safetensors")))
+    b = load_file(next(resumed.student_dir.glob("*.safetensors")))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
