@@ -66,6 +66,8 @@ class DistillConfig:
     prompt_tokens: int = 64
     new_tokens: int = 64
     sampling_temperature: float = 1.0
+    # Sequence-level KD (distiller/seqkd.py): the supervised steps train on the teacher's stored continuations.
+    seq_kd: str | None = None
 
     def __post_init__(self):
         from distiller.losses import DIVERGENCES  # here, so that a command line's start-up needs no torch
@@ -115,6 +117,9 @@ class DistillConfig:
             raise InputError(f"--lmbda and --beta must be in [0, 1], got {self.lmbda} and {self.beta}")
         if self.lmbda > 0:
             self._check_on_policy()
+        if self.seq_kd is not None and (self.kd != "kd" or self.teacher_signal is not None):
+            raise InputError("--seq-kd trains --kd kd on the teacher's continuations with the live teacher; not with "
+                             f"--kd {self.kd}" + (" or --teacher-signal" if self.teacher_signal else ""))
         if not 0.0 <= self.alpha <= 1.0:
             raise InputError(f"alpha must be in [0, 1], got {self.alpha}")
         if self.initial_ratios is not None:

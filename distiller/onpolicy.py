@@ -54,16 +54,18 @@ def generated_labels(sequences: torch.Tensor, prompt_tokens: int, eos_id: int | 
 
 
 @torch.no_grad()
-def continue_prompts(model, prompts: torch.Tensor, policy: Policy, eos_id: int | None, seed: int) -> torch.Tensor:
-    """The student's sampled continuations of ``prompts`` [B, P]: rows [B, P + N] (after an end-of-text
-    the row is padded with it). Sampling draws from a generator of its own, seeded by ``seed``."""
+def continue_prompts(model, prompts: torch.Tensor, policy: Policy, eos_id: int | None, seed: int,
+                     greedy: bool = False) -> torch.Tensor:
+    """The model's sampled (or ``greedy``) continuations of ``prompts`` [B, P]: rows [B, P + N] (after an
+    end-of-text the row is padded with it). Sampling draws from a generator of its own, seeded by ``seed``."""
     was_training = model.training
     model.eval()
     try:
         with torch.random.fork_rng(devices=[]):  # the run's own random state is left as it was
             torch.manual_seed(seed)
             out = model.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=policy.new_tokens,
-                                 do_sample=True, temperature=policy.temperature, top_k=0, top_p=1.0,
+                                 **({"do_sample": False} if greedy else
+                                    {"do_sample": True, "temperature": policy.temperature, "top_k": 0, "top_p": 1.0}),
                                  pad_token_id=eos_id, eos_token_id=eos_id, use_cache=True)
     finally:
         model.train(was_training)

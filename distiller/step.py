@@ -25,6 +25,7 @@ from distiller.dskd import Projectors, Side, cma_loss, dual_space_loss
 from distiller.uld import uld_loss
 from distiller.losses import distillation_loss
 from distiller.measure import last_hidden
+from distiller.onpolicy import generated_labels
 from distiller.pairs import split_rows
 from distiller.sparse_losses import SparseTarget, sparse_distillation_loss
 
@@ -77,12 +78,16 @@ class Step:
     student_width: int
     teacher_pad_id: int | None
     options: dict  # kind, temperature, chunk_size
+    prompt_tokens: int = 0  # > 0: rows are a prompt and the teacher's continuation (SeqKD): train on the latter
+    eos_id: int | None = None
 
     def __call__(self, rows: torch.Tensor):
         if self.paired:
             s_in, s_lab, t_in, t_lab = split_rows(rows, self.student_width, self.teacher_pad_id)
         else:
             s_in, s_lab = rows[:, :-1], rows[:, 1:]
+            if self.prompt_tokens:  # distiller/seqkd.py: the teacher's continuation is the target
+                s_lab = generated_labels(rows, self.prompt_tokens, self.eos_id)
             t_in, t_lab = s_in, s_lab
         hidden = last_hidden(self.student, s_in)
         head = self.student_core.get_output_embeddings()

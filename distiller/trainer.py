@@ -38,6 +38,7 @@ from distiller.sources import domain_data
 from distiller.store import TokenStore
 from distiller.step import SignalStep, Step, make_projectors, shared_tokens, sync_gradients
 from distiller.onpolicy import OnPolicyStep, Policy
+from distiller.seqkd import open_generations
 from distiller.teacher_signal import open_for_run
 
 
@@ -132,6 +133,9 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
     data = domain_data(store, domains, models.tokenizer, models.teacher_tokenizer, same_vocab=models.same_vocab,
                        block=models.block, teacher_context=teacher_context,
                        val_blocks=config.val_blocks, accelerator=accelerator, chunk_size=config.chunk_size)
+    # SeqKD: the rows are prompts and the teacher's stored continuations of them (distiller/seqkd.py).
+    generations = None if config.seq_kd is None else open_generations(
+        config.seq_kd, teacher_dir=config.teacher, store=store, domains=domains)
     mixture = replace(Mixture.parse(config.mixture, tuple(domains), natural_sizes=data.natural), alpha=config.alpha)
     # DSKD's projectors train beside the student and are checkpointed with it, never part of it.
     pairs = None if models.same_vocab else shared_tokens(models.tokenizer, models.teacher_tokenizer)
@@ -148,7 +152,9 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
         optimizer, scheduler = _optimizer(config, models.student, projectors)
         student, optimizer = accelerator.prepare(models.student, optimizer)
     unwrapped = accelerator.unwrap_model(student)
-    sampler = DomainSampler(data.rows, {d: 1.0 for d in domains}, seed=config.seed, collate=data.collate)
+    sampler = DomainSampler(data.rows if generations is None else generations.rows, {d: 1.0 for d in domains},
+                            seed=config.seed, collate=data.collate)
+    row_tokens = models.block if generations is None else next(iter(generations.rows.values())).shape[1] - 1
 
     started_setup = time.perf_counter()
     resumed = ckpt.latest_good(output / "checkpoints") if config.resume else None
@@ -170,7 +176,9 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
                      paired=not models.same_vocab, student_width=models.block + 1,
                      teacher_pad_id=models.teacher_tokenizer.eos_token_id,
                      options={"kind": config.divergence, "temperature": config.temperature,
-                              "chunk_size": config.chunk_size})
+                              "chunk_size": config.chunk_size},
+                     prompt_tokens=0 if generations is None else generations.prompt_tokens,
+                     eos_id=models.tokenizer.eos_token_id)
     if signal is not None:
         step_loss = SignalStep(config.kd_weight, student, unwrapped,
                                {"temperature": config.temperature, "chunk_size": config.chunk_size})
@@ -212,7 +220,7 @@ def distill(config: DistillConfig, store, domains: list[str] | None = None, prog
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         done = step + 1
-        tokens += (own_step.tokens(len(rows)) if own else len(rows) * models.block) * world
+        tokens += (own_step.tokens(len(rows)) if own else len(rows) * row_tokens) * world
         # The global batch's loss (each rank's is of its own rows): what one process would log.
         loss, ce, kd = (accelerator.reduce(terms, reduction="mean") if world > 1 else terms).tolist()
         curve[done] = loss

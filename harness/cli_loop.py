@@ -7,9 +7,8 @@ from pathlib import Path
 
 from harness import console
 from harness.errors import BadInput, KdhError, distill_errors
-from harness.inputs import (add_verb, model_or_demo, model_ref, on_policy_arguments, on_policy_options, open_suite,
-                            output_folder, scoring_arguments,
-                            scoring_options)
+from harness.inputs import (add_verb, generation_settings, model_or_demo, model_ref, on_policy_arguments,
+                            on_policy_options, open_suite, output_folder, scoring_arguments, scoring_options)
 from harness.report import trends_report, verdict_report
 
 
@@ -107,7 +106,8 @@ def cmd_loop(args) -> int:
                                  block_size=args.block_size,
                                  kd=args.kd, kd_weight=kd_weight, interval=args.interval, seed=args.seed,
                                  promote=not args.no_promote, store=store, teacher_signal=args.teacher_signal,
-                                 signal_k=args.signal_k, signal_mode=args.signal_mode, on_policy=on_policy_options(args))
+                                 signal_k=args.signal_k, signal_mode=args.signal_mode, on_policy=on_policy_options(args),
+                                 generations=generation_settings(args))
     out = output_folder(args.out, "loop", suite.name)
     console.note(f"kdh loop · suite '{suite.name}' · teacher {teacher.source} · base student {base} · "
                  f"{args.rounds} round(s) · tracking {tracking.redact(uri)}")

@@ -103,7 +103,7 @@ def output_folder(given: str | None, kind: str, *name: str) -> Path:
     return home.kdh_home() / kind / "-".join([*name, time.strftime("%Y%m%d-%H%M%S")])
 
 
-ON_POLICY_FIELDS = ("lmbda", "beta", "prompt_tokens", "new_tokens", "sampling_temperature")
+ON_POLICY_FIELDS = ("lmbda", "beta", "prompt_tokens", "new_tokens", "sampling_temperature", "seq_kd")
 
 
 def on_policy_arguments(parser) -> None:
@@ -120,6 +120,21 @@ def on_policy_arguments(parser) -> None:
     parser.add_argument("--new-tokens", type=int, default=DistillConfig.new_tokens,
                         help="tokens the student samples after each prompt")
     parser.add_argument("--sampling-temperature", type=float, default=DistillConfig.sampling_temperature)
+    parser.add_argument("--seq-kd", nargs="?", const="auto", metavar="PATH",
+                        help="sequence-level KD: the supervised steps train on the teacher's greedy continuations of "
+                             "--prompt-tokens prompts by --new-tokens tokens; alone, found or generated once under the "
+                             "kdh home; or a PATH made before")
+    parser.add_argument("--seq-prompts", type=int, default=256, help="with --seq-kd alone: prompts per domain")
+
+
+def generation_settings(args):
+    """The SeqKD generation settings the flags name (distiller/seqkd.py)."""
+    from distiller.seqkd import GenerationSettings
+
+    if not args.seq_prompts >= 1:
+        raise BadInput(f"--seq-prompts must be >= 1, got {args.seq_prompts}")
+    return GenerationSettings(prompts=args.seq_prompts, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens,
+                              seed=args.seed)
 
 
 def on_policy_options(args) -> dict:

@@ -42,7 +42,8 @@ class LoopSettings:
     teacher_signal: str | None = None
     signal_k: int = 64
     signal_mode: str = "top-k"
-    on_policy: dict = field(default_factory=dict)  # GKD's DistillConfig fields: lmbda, beta, … (docs/on-policy.md)
+    on_policy: dict = field(default_factory=dict)  # GKD's and SeqKD's DistillConfig fields (docs/on-policy.md)
+    generations: object = None  # distiller.seqkd.GenerationSettings, for on_policy["seq_kd"] == "auto"
 
 
 def weak_domains(scorecard: Scorecard, suite: Suite, model: str = "student") -> list[str]:
@@ -104,6 +105,11 @@ def run_loop(suite: Suite, teacher: ModelRef, base_student: str, settings: LoopS
         student_dir, label = current_champion(suite, base_student)
         if settings.teacher_signal == "auto":  # the teacher over the corpus once, for every round
             settings = replace(settings, teacher_signal=str(signal_for(suite, teacher, base_student, settings).root))
+        if settings.on_policy.get("seq_kd") == "auto":  # the teacher's continuations (SeqKD), once for every round
+            made = steps.teacher_generations(suite, teacher.source, settings.store, settings.generations)
+            say(f"  teacher generations {made.fingerprint[:12]} at {made.root}: "
+                f"{'generated now' if made.computed else 'found, the teacher did not run'}")
+            settings = replace(settings, on_policy={**settings.on_policy, "seq_kd": str(made.root)})
         for round_no in range(1, settings.rounds + 1):
             say(f"\n━━ Round {round_no}/{settings.rounds} · student: {label} ({student_dir})")
             round_out = out / f"round-{round_no}"

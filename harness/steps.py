@@ -251,6 +251,26 @@ def teacher_signal(suite: Suite, teacher: str, student: str, store: Path, settin
     return made
 
 
+def teacher_generations(suite: Suite, teacher: str, store: Path, settings):
+    """Find or make the teacher's continuations for sequence-level KD (distiller/seqkd.py) under a
+    ``teacher-generations`` run (nested when a parent is active), content-addressed under
+    ``$KDH_HOME/generations``: every later run and loop round with the same inputs finds them."""
+    import mlflow
+
+    from distiller.seqkd import compute_generations
+
+    with tracking.tracked_run(suite.name, "teacher-generations", f"teacher generations {settings.prompts}/domain",
+                              nested=tracking.active()):
+        mlflow.log_params({f"seq_kd.{k}": v for k, v in vars(settings).items()} | {"teacher": teacher,
+                                                                                   "store": str(store)})
+        with errors.distill_errors():
+            made = compute_generations(teacher, store, home.kdh_home() / "generations", settings,
+                                       [d.name for d in suite.domains], progress_stream=console.progress_stream())
+        mlflow.set_tags({"kdh.generations": made.fingerprint, "kdh.teacher_ran": str(made.computed).lower(),
+                         "kdh.generations_dir": str(made.root)})
+    return made
+
+
 def labelled_by(store: Path) -> str | None:
     """The fingerprint of the classifier that labelled a token store's corpus (docs/classify.md), if one did."""
     import json

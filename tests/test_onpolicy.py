@@ -112,3 +112,57 @@ def test_an_on_policy_run_resumed_from_its_checkpoint_ends_with_the_same_student
     a = load_file(next(whole.student_dir.glob("*.safetensors")))
     b = load_file(next(resumed.student_dir.glob("*.safetensors")))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --------------------------------------------------------------------------------------------
+# Sequence-level KD: the teacher's continuations, made once
+
+
+def test_the_teacher_s_continuations_are_made_once_and_refused_for_another_teacher(tiny_world, tiny_store, tmp_path):
+    from distiller.seqkd import GenerationSettings, compute_generations, open_generations
+    from distiller.store import TokenStore
+
+    store = tiny_store(tiny_world.student_dir)
+    settings = GenerationSettings(prompts=6, prompt_tokens=8, new_tokens=8, batch_size=4)
+    made = compute_generations(tiny_world.teacher_dir, store, tmp_path, settings, ["code", "records"])
+    assert made.computed and set(made.rows) == {"code", "records"}
+    assert all(r.shape == (6, 16) for r in made.rows.values())
+    again = compute_generations(tiny_world.teacher_dir, store, tmp_path, settings, ["code", "records"])
+    assert not again.computed and again.root == made.root
+    assert all(torch.equal(again.rows[d], made.rows[d]) for d in made.rows)
+    teacher = AutoModelForCausalLM.from_pretrained(tiny_world.teacher_dir).eval()
+    with torch.no_grad():  # greedy: each continuation is the teacher's argmax, token by token
+        first = made.rows["code"][:1]
+        logits = teacher(first[:, :-1]).logits[0, 7:]
+    kept = first[0, 8:] != EOS_OF(tiny_world)
+    assert torch.equal(logits.argmax(-1)[kept.cumprod(0).bool()], first[0, 8:][kept.cumprod(0).bool()])
+    with pytest.raises(InputError, match="made for another teacher"):
+        open_generations(made.root, teacher_dir=tiny_world.student_dir, store=TokenStore(store), domains=["code"])
+    with pytest.raises(InputError, match="no generations for domain"):
+        open_generations(made.root, teacher_dir=tiny_world.teacher_dir, store=TokenStore(store), domains=["prose"])
+
+
+def EOS_OF(world) -> int:
+    return AutoTokenizer.from_pretrained(world.student_dir).eos_token_id
+
+
+def test_kdh_distill_with_seq_kd_and_lambda_runs_and_the_second_run_finds_the_continuations(tiny_world, tmp_path,
+                                                                                             monkeypatch):
+    import mlflow
+
+    from harness.cli import main
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    flags = ["distill", "--teacher", str(tiny_world.teacher_dir), "--student", str(tiny_world.student_dir),
+             "--steps", "4", "--interval", "2", "--batch-size", "4", "--seq-kd", "--seq-prompts", "8",
+             "--prompt-tokens", "8", "--new-tokens", "8", "--lmbda", "0.5", "--tracking-uri", uri]
+    assert main([*flags, "--out", str(tmp_path / "a")]) == 0
+    assert main([*flags, "--out", str(tmp_path / "b")]) == 0
+    client = mlflow.MlflowClient(uri)
+    experiment = mlflow.get_experiment_by_name("kdh/default").experiment_id
+    made = client.search_runs([experiment], "tags.`kdh.kind` = 'teacher-generations'", order_by=["start_time ASC"])
+    assert [r.data.tags["kdh.teacher_ran"] for r in made] == ["true", "false"]
+    distilled = client.search_runs([experiment], "tags.`kdh.kind` = 'distill'")
+    assert {r.data.params["seq_kd"] for r in distilled} == {made[0].data.tags["kdh.generations_dir"]}
+    assert all(r.data.params["lmbda"] == "0.5" and r.info.status == "FINISHED" for r in distilled)
+    assert (tmp_path / "b" / "student" / "config.json").is_file()
