@@ -1,7 +1,8 @@
 """The lm-eval metrics kdh accepts, with their direction and range.
 
-Only metrics registered inside lm-eval are listed: any other name makes lm-eval fall back to
-`evaluate.load` from the hub, which fails offline. The range is what validation enforces.
+Only metrics registered inside lm-eval are listed, and the three kdh computes itself from a
+generation slice's generations: any other name makes lm-eval fall back to `evaluate.load` from the
+hub, which fails offline. The range is what validation enforces.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ METRICS: dict[str, Metric] = {
     "bleu": Metric(True, 0.0, 100.0),
     "chrf": Metric(True, 0.0, 100.0),
     "ter": Metric(False, 0.0, _INF),
+    # computed by kdh from a generation slice's logged generations, not by lm-eval (harness/generation.py)
+    "rougeL": Metric(True, 0.0, 1.0),
+    "exact_match_vs_teacher": Metric(True, 0.0, 1.0),
+    "rougeL_vs_teacher": Metric(True, 0.0, 1.0),
 }
 
 

@@ -18,6 +18,7 @@ import yaml
 
 from distiller.files import sha256_named_files
 from harness.errors import SuiteError
+from harness.generation import KDH_METRICS
 from harness.metrics import METRICS
 from harness.taskfiles import load_task_template
 
@@ -257,6 +258,8 @@ class _Reader:
             task_path = self.local_path(task, f"{where}.task")
             template = load_task_template(task_path, allow_code=self.allow_code, field=f"{where}.task", suite=self.path)
             produced = {m.get("metric") for m in template.get("metric_list", []) if isinstance(m, dict)}
+            if produced and template.get("output_type") == "generate_until":
+                produced |= set(KDH_METRICS)  # computed from the generations (harness/generation.py)
             if produced and metric not in produced:
                 self.fail(f"{where}.metric", f"'{metric}' is not produced by {task_path.name} (it gives: {', '.join(sorted(map(str, produced)))})")
             task = str(task_path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness import cache, console
+from harness import cache, console, generation
 from harness import models as model_io
 from harness.errors import BadInput, RuntimeFailure
 from harness.metrics import METRICS
@@ -190,7 +190,7 @@ def _rows(results: dict, model: str, domain: str, slice_, name: str) -> list[dic
             "stderr": float(stderr) if isinstance(stderr, (int, float)) else math.nan,
             "n": int(n), "higher_is_better": bool(higher), "primary": primary, "weight": slice_.weight,
         })
-    if not any(r["primary"] for r in out):
+    if not any(r["primary"] for r in out) and not generation.computed_here(slice_):  # kdh's own: score_suite adds it
         log.warning("%s/%s: lm-eval reported no '%s' under filter '%s' (it gave: %s)", domain, slice_.name,
                     slice_.metric, slice_.filter, ", ".join(k for k in found if "," in k))
         # Missing the metric the slice counts is a failed evaluation; keep a NaN row so that
@@ -202,12 +202,15 @@ def _rows(results: dict, model: str, domain: str, slice_, name: str) -> list[dic
 
 
 def _samples(results: dict, model: str, domain: str, slice_, name: str) -> list[dict]:
-    """The slice's counting metric per document, as (value, weight) (see metrics.from_sums)."""
+    """The slice's counting metric per document, as (value, weight) (see metrics.from_sums). A metric
+    kdh computes from the generations (harness/generation.py) is NaN here, filled in by score_suite."""
     out = []
     for sample in results.get("samples", {}).get(name, []):
-        if sample.get("filter", "none") != slice_.filter or slice_.metric not in sample:
+        if sample.get("filter", "none") != slice_.filter:
             continue
-        found = sample[slice_.metric]
+        if slice_.metric not in sample and not generation.computed_here(slice_):
+            continue
+        found = sample.get(slice_.metric, math.nan)
         value, weight = (found[0], found[1]) if isinstance(found, (list, tuple)) else (found, 1.0)
         out.append({"model": model, "domain": domain, "slice": slice_.name, "metric": slice_.metric,
                     "doc_id": int(sample["doc_id"]), "doc_hash": str(sample.get("doc_hash", "")),
@@ -267,6 +270,8 @@ def score_suite(suite: Suite, refs: list[ModelRef], options: ScoringOptions = Sc
         efficiency.append(eff)
         provenance[ref.name] = {"source": ref.source, "fingerprint": model_fingerprint, "dtype": ref.dtype,
                                 "cache_key": key, "cached": cached}
+    # Generation slices: Rouge-L, and both measures against the reference's generations (cached or not).
+    rows, samples = generation.score_generations(suite, rows, samples, reference)
     # Agreement with the reference needs both models on the same text (harness/agreement.py).
     from harness.agreement import measure
 

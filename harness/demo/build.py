@@ -31,11 +31,11 @@ from harness import console
 from harness.demo import corpus as corpus_module, items as items_module
 from harness.demo.checks import encode_texts, evaluate_models
 from harness.demo.corpus import DOMAINS, _unit_hash, build_corpus, corpus_fingerprint
-from harness.demo.items import build_mc_items
+from harness.demo.items import build_generation_items, build_mc_items
 from distiller.files import temp_prefix, write_atomic_folder
 from harness.home import configure_environment
 
-RECIPE_VERSION = 2  # bump when code changes what a recipe builds (2: the cross-vocabulary student)
+RECIPE_VERSION = 3  # bump when code changes what a recipe builds (2: the cross-vocabulary student; 3: generation items)
 EOT = "<|endoftext|>"
 
 _NATURAL = "natural"  # in proportion to each domain's train tokens
@@ -49,6 +49,7 @@ RECIPES: dict[str, dict] = {
         "corpus": {"seed": 1234, "code_bytes": 1_600_000, "prose_bytes": 1_000_000, "arithmetic_docs": 2000,
                    "records_docs": 1400, "split_fractions": {"validation": 0.1, "test": 0.2}},
         "mc_items": 300,
+        "gen_items": 40,  # per domain: prompt → reference items for suites/generation.yaml
         "vocab_size": 1024,
         "block_size": 256,
         "teacher": {"layers": 4, "width": 128, "heads": 4, "ffn": 384, "steps": 420, "seed": 1,
@@ -66,6 +67,7 @@ RECIPES: dict[str, dict] = {
         "corpus": {"seed": 1234, "code_bytes": 60_000, "prose_bytes": 40_000, "arithmetic_docs": 150,
                    "records_docs": 80, "split_fractions": {"validation": 0.1, "test": 0.2}},
         "mc_items": 20,
+        "gen_items": 12,
         "vocab_size": 384,
         "block_size": 128,  # lm-eval refuses a choice longer than the model's context
         "teacher": {"layers": 2, "width": 48, "heads": 4, "ffn": 128, "steps": 40, "seed": 1,
@@ -126,8 +128,12 @@ def ensure_world(home: Path, size: str = "default", progress: bool = True) -> Wo
     seed = recipe["corpus"]["seed"]
     mc = {d: build_mc_items(d, corpus[d]["test"], recipe["mc_items"], seed, max_choice_bytes=recipe["block_size"])
           for d in DOMAINS}
+    # Generation prompts keep room for the template's 32 generated tokens in the model's context.
+    gen = {d: build_generation_items(d, corpus[d]["test"], recipe["gen_items"], seed,
+                                     max_prompt_bytes=recipe["block_size"] - 32) for d in DOMAINS}
     want = {"recipe_hash": recipe_hash(recipe), "corpus_fingerprint": corpus_fingerprint(corpus),
-            "mc_fingerprint": hashlib.sha256(json.dumps(mc, sort_keys=True).encode()).hexdigest()}
+            "mc_fingerprint": hashlib.sha256(json.dumps(mc, sort_keys=True).encode()).hexdigest(),
+            "gen_fingerprint": hashlib.sha256(json.dumps(gen, sort_keys=True).encode()).hexdigest()}
     if (world := _current(root, size, want)) is not None:
         _mark_checked(root, {**world.manifest, **checked})
         return world
@@ -140,7 +146,7 @@ def ensure_world(home: Path, size: str = "default", progress: bool = True) -> Wo
         manifest = {"size": size, "recipe": recipe, **want, **checked}
 
         def fill(building: Path) -> None:
-            manifest.update(_build(building, recipe, corpus, mc, progress))
+            manifest.update(_build(building, recipe, corpus, mc, gen, progress))
             (building / "world.json").write_text(json.dumps(manifest, indent=2) + "\n")  # last: marks it complete
 
         write_atomic_folder(root, fill)
@@ -196,7 +202,7 @@ def _say(progress: bool, message: str) -> None:
 # the build, top to bottom
 
 
-def _build(root: Path, recipe: dict, corpus: dict, mc: dict, progress: bool) -> dict:
+def _build(root: Path, recipe: dict, corpus: dict, mc: dict, gen: dict, progress: bool) -> dict:
     configure_environment()
     import torch
     from transformers.utils import logging as hf_logging
@@ -209,7 +215,7 @@ def _build(root: Path, recipe: dict, corpus: dict, mc: dict, progress: bool) -> 
     torch.set_num_threads(cores)  # all the cores this process may use; restored below
     try:
         _say(progress, f"building the demo world in {root.parent} (once per recipe)")
-        domains = write_data(root / "data", corpus, mc)
+        domains = write_data(root / "data", corpus, mc, gen)
 
         tokenizer = train_tokenizer(corpus, recipe["vocab_size"], recipe["block_size"])
         tokenizer.save_pretrained(root / "tokenizer")
@@ -254,7 +260,7 @@ def _build(root: Path, recipe: dict, corpus: dict, mc: dict, progress: bool) -> 
             "built_with": {"python": platform.python_version(), "torch": torch.__version__}}
 
 
-def write_data(data_dir: Path, corpus: dict, mc: dict) -> dict:
+def write_data(data_dir: Path, corpus: dict, mc: dict, gen: dict) -> dict:
     files = {"train.jsonl": "train", "validation.jsonl": "validation", "test_ppl.jsonl": "test"}
     summary = {}
     for domain in DOMAINS:
@@ -263,9 +269,11 @@ def write_data(data_dir: Path, corpus: dict, mc: dict) -> dict:
         for filename, split in files.items():
             _write_jsonl(folder / filename, ({"text": doc} for doc in corpus[domain][split]))
         _write_jsonl(folder / "test_mc.jsonl", mc[domain])
+        _write_jsonl(folder / "test_gen.jsonl", gen[domain])
         summary[domain] = {split: {"docs": len(docs), "bytes": sum(len(d.encode()) for d in docs)}
                            for split, docs in corpus[domain].items()}
         summary[domain]["test_mc"] = {"items": len(mc[domain])}
+        summary[domain]["test_gen"] = {"items": len(gen[domain])}
     return summary
 
 

@@ -140,3 +140,85 @@ def build_mc_items(domain: str, test_docs: Sequence[str], n_items: int, seed: in
             rng.shuffle(choices)
             items.append({"context": context, "choices": choices, "label": choices.index(answer)})
     return items
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation items: a prompt and the true rest of its line (suites/tasks/generation.yaml)
+
+GenItem = dict  # {"prompt": str, "reference": str}
+
+_WORD = re.compile(r"[A-Za-z0-9]")  # what Rouge-L's tokenizer keeps: a reference without it has no words
+_LINE_HEAD = re.compile(r"^\s*\S+")  # a code line's indentation and first word, which the prompt gives away
+STOPS = ("\n", ". ")  # the template's `until`: the end of a line or of a sentence
+_SPLIT_AT = {"code", "prose"}  # where a long continuation starts later (a line's or a sentence's start → its rest)
+
+
+def until_stop(text: str) -> str:
+    """``text`` up to its first stop sequence: what lm-eval keeps of a generation, applied to the truth."""
+    return text[:min((i for i in (text.find(s) for s in STOPS) if i >= 0), default=len(text))]
+
+
+def _tail(text: str, max_bytes: int) -> str:
+    """The end of a prompt in at most ``max_bytes`` UTF-8 bytes: whole lines where they fit."""
+    if len(text.encode()) <= max_bytes:
+        return text
+    lines = text.split("\n")
+    kept = lines[-1]
+    for line in reversed(lines[:-1]):
+        if len((line + "\n" + kept).encode()) > max_bytes:
+            break
+        kept = line + "\n" + kept
+    return kept.encode()[-max_bytes:].decode("utf-8", "ignore")
+
+
+def _split(domain: str, continuation: str, max_bytes: int) -> int | None:
+    """Where the reference starts in a true continuation: at once (arithmetic, records: the answer
+    is the whole), or, for code and prose, at the first word boundary after which it fits in
+    ``max_bytes`` (for code after the line's first word at least); None where it cannot fit."""
+    if domain not in _SPLIT_AT:
+        return 0 if len(continuation.encode()) <= max_bytes else None
+    least = _LINE_HEAD.match(continuation).end() if domain == "code" and _LINE_HEAD.match(continuation) else 0
+    for match in re.finditer(r"(?<=\S)\s", continuation):
+        if match.start() >= least and len(continuation[match.start():].encode()) <= max_bytes:
+            return match.start()
+    return None
+
+
+def _generation_cuts(domain: str, doc: str, rng: random.Random, max_prompt_bytes: int,
+                     max_reference_bytes: int) -> list[tuple[str, str]]:
+    """(prompt, reference) pairs at the multiple-choice cuts: the reference is the document's own
+    text from the cut to its next stop sequence."""
+    out = []
+    for context, answer, _ in _CUTS[domain](doc, rng):
+        if not doc.startswith(context + answer):
+            continue
+        continuation = until_stop(doc[len(context):])
+        split = _split(domain, continuation, max_reference_bytes)
+        if split is None:
+            continue
+        prompt, reference = context + continuation[:split], continuation[split:]
+        if _WORD.search(reference) and prompt.strip():
+            out.append((_tail(prompt, max_prompt_bytes), reference))
+    return out
+
+
+def build_generation_items(domain: str, test_docs: Sequence[str], n_items: int, seed: int,
+                           max_prompt_bytes: int, max_reference_bytes: int = 40) -> list[GenItem]:
+    """Up to ``n_items`` prompt → reference items, one cut per test doc per round (as the
+    multiple-choice items are drawn). A prompt keeps its last ``max_prompt_bytes`` bytes: with the
+    generated tokens it fits the model's context whatever the byte-level tokenizer. References are
+    short (at most ``max_reference_bytes``, the rest of one line), so a small model can write them
+    within the template's ``max_gen_toks``."""
+    rng = random.Random(f"{seed}:{domain}:generation")
+    cuts = [_generation_cuts(domain, doc, rng, max_prompt_bytes, max_reference_bytes) for doc in test_docs]
+    items: list[GenItem] = []
+    seen: set[tuple[str, str]] = set()
+    while len(items) < n_items and any(cuts):
+        for doc_cuts in cuts:
+            if not doc_cuts or len(items) >= n_items:
+                continue
+            prompt, reference = doc_cuts.pop(rng.randrange(len(doc_cuts)))
+            if (prompt, reference) not in seen:
+                seen.add((prompt, reference))
+                items.append({"prompt": prompt, "reference": reference})
+    return items
