@@ -5,6 +5,7 @@ against a store a real `kdh gate` filled, headless Chromium (Debian's chromium a
 Run as a script, it takes the README's screenshot of the scorecard view:
 
     python tests/test_dashboard_browser.py --screenshot docs/dashboard-scorecard.png [--tracking-uri URI]
+    python tests/test_dashboard_browser.py --screenshot docs/sweep.png --view Sweep --tracking-uri URI
 
 (without --tracking-uri it first fills a store with `kdh loop` on the tiny demo world).
 """
@@ -178,7 +179,7 @@ def _demo_store(folder: Path) -> str:
     return uri
 
 
-def screenshot(path: Path, uri: str | None, width: int, height: int) -> None:
+def screenshot(path: Path, uri: str | None, width: int, height: int, view: str | None = None) -> None:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="kdh-screenshot-") as tmp:
@@ -188,6 +189,9 @@ def screenshot(path: Path, uri: str | None, width: int, height: int) -> None:
             driver = chromium(width, height)
             try:
                 open_scorecard(driver, f"http://127.0.0.1:{proc.args[proc.args.index('--port') + 1]}")
+                if view:  # another view, e.g. Sweep (docs/sweep.md's figure), once it has drawn a chart
+                    marks = {"Sweep": "Retention per domain", "Analytics": "Agreement with the teacher"}
+                    open_view(driver, view, marks.get(view, view))
                 path.parent.mkdir(parents=True, exist_ok=True)
                 driver.save_screenshot(str(path))
             finally:
@@ -204,7 +208,8 @@ if __name__ == "__main__":
     parser.add_argument("--screenshot", type=Path, required=True, help="PNG file to write")
     parser.add_argument("--tracking-uri", help="the store to show (default: one filled by `kdh loop` on the tiny world)")
     parser.add_argument("--size", default="1500x1250", help="window size, WIDTHxHEIGHT")
+    parser.add_argument("--view", help="the view to take instead of the scorecard (e.g. Sweep, Analytics)")
     args = parser.parse_args()
     w, h = map(int, args.size.split("x"))
     sys.path.insert(0, str(REPO))
-    screenshot(args.screenshot, args.tracking_uri, w, h)
+    screenshot(args.screenshot, args.tracking_uri, w, h, args.view)
