@@ -14,7 +14,9 @@ against kd at 152k entries), scoring_memory (kdh eval's peak memory at 152k entr
 own scorer), classify (kdh classify's accuracy, throughput and the loop on classified data) and
 sharded (one process against two, DDP and FSDP2; figures in docs/sharded.md) and realistic (a 124M
 student from a 4× teacher at 50k and 152k entries: kdh against TRL and a bare loop, and scoring; ~40 min)
-and teacher_signal (the stored teacher signal: bytes, step time, student quality over three seeds).
+and teacher_signal (the stored teacher signal: bytes, step time, student quality over three seeds)
+and onpolicy, onpolicy_quality (kdh's on-policy step against TRL's GKDTrainer; supervised vs on-policy vs
+SeqKD on the generation suite over three seeds, ~30 min).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ PARTS = {
     "sharded": ["bench/sharded.py"],
     "realistic": ["bench/realistic.py"],
     "teacher_signal": ["bench/teacher_signal.py", "--steps", "100", "--seeds", "3"],
+    "onpolicy": ["bench/onpolicy.py"],
+    "onpolicy_quality": ["bench/onpolicy_quality.py", "--steps", "200"],
 }
 
 

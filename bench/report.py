@@ -7,8 +7,8 @@ import statistics
 from pathlib import Path
 
 from bench.distill_step import BATCH, BLOCK, INTERVAL, best, flops_per_token, overhead
-from bench.report_models import (classify_section, cross_vocab_section, realistic_section, scoring_memory_section,
-                                 teacher_signal_section)
+from bench.report_models import (classify_section, cross_vocab_section, onpolicy_section, realistic_section,
+                                 scoring_memory_section, teacher_signal_section)
 
 MIB = 2 ** 20
 DOMAINS = ("code", "prose", "arithmetic", "records")
@@ -340,6 +340,9 @@ def write_report(folder: Path, out: Path) -> Path:
         body += realistic_section(realistic, goals)
     if teacher_signal:
         body += teacher_signal_section(teacher_signal, goals)
+    onpolicy, onpolicy_quality = _load(folder, "onpolicy"), _load(folder, "onpolicy-quality")
+    if onpolicy or onpolicy_quality:
+        body += onpolicy_section(onpolicy, onpolicy_quality, goals)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
             ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 140 "

@@ -200,3 +200,49 @@ def teacher_signal_section(data: dict, goals: list) -> list[str]:
                   f"{statistics.mean(ece['sampled-32']):.4f} vs {statistics.mean(ece['top-32']):.4f}: a gap of "
                   f"{gap:+.4f}, inside one seed's s.d. ({spread:.4f})", gap <= spread))
     return lines + [""]
+
+
+def onpolicy_section(speed: dict | None, quality: dict | None, goals: list) -> list[str]:
+    """Section 13: on-policy and sequence-level distillation (bench/onpolicy.py, bench/onpolicy_quality.py;
+    how: docs/on-policy.md)."""
+    lines = ["## 13. On-policy and sequence-level distillation", ""]
+    if speed:
+        lines += [(f"kdh's on-policy step against TRL's `GKDTrainer` on the same models ([bench/onpolicy.py]"
+                   f"(../bench/onpolicy.py)): batch {speed['batch']}, prompts of {speed['prompt_tokens']} tokens, "
+                   f"{speed['new_tokens']} sampled, λ = {speed['lmbda']}, β = {speed['beta']}, fp32, "
+                   f"{speed['steps']} steps of which the first {speed['warmup']} are not counted. Each step is timed "
+                   "and classed (on- or off-policy); tokens/s is that of a λ = 0.5 mixture of the two means. Load "
+                   f"average {speed['load_average_at_end']:.1f} at the end."), "",
+                  "| vocabulary | | on-policy step | off-policy step | tokens/s at λ = 0.5 | peak after loading |",
+                  "|---:|---|---:|---:|---:|---:|"]
+        by = {(r["vocab"], r["side"]): r for r in speed["results"]}
+        for (vocab, side), r in by.items():
+            lines.append(f"| {vocab:,} | {'kdh' if side == 'kdh' else 'TRL ' + r.get('trl', '')} | "
+                         f"{r['on_step_seconds']:.3f} s | {r['off_step_seconds']:.3f} s | {r['tokens_per_s']:,.0f} | "
+                         f"{r['peak_after_load'] / 2**30:.2f} GiB |")
+        for vocab in dict.fromkeys(v for v, _ in by):
+            kdh, trl = by.get((vocab, "kdh")), by.get((vocab, "trl"))
+            if kdh and trl:
+                speedup, memory = kdh["tokens_per_s"] / trl["tokens_per_s"], kdh["peak_after_load"] / trl["peak_after_load"]
+                goals.append((f"on-policy step (λ = 0.5) vs TRL's GKDTrainer at {vocab:,} entries: ahead in tokens/s "
+                              "and memory", f"{speedup:.2f}× the tokens/s, {memory:.2f}× the memory",
+                              speedup >= 1 and memory <= 1))
+        lines.append("")
+    if quality:
+        summary, arms = quality["summary"], list(quality["arms"])
+        seeds = len(next(iter(quality["arms"].values())))
+        lines += [(f"Quality on the demo world ([bench/onpolicy_quality.py](../bench/onpolicy_quality.py)): the demo "
+                   f"student distilled {quality['args']['steps']} steps per arm, {seeds} seeds, scored on "
+                   "suites/generation.yaml; the generation slices count agreement with the teacher's own generation "
+                   "(Rouge-L; exact match for arithmetic), the ppl slices bits per byte (lower is better). Mean ± s.d."),
+                  "", "| slice | initial student | " + " | ".join(arms) + " |", "|---|---:|" + "---:|" * len(arms)]
+        for key, values in summary.items():
+            lines.append(f"| {key} | {quality['initial'][key]:.3f} | "
+                         + " | ".join(f"{values[a]['mean']:.3f} ± {values[a]['sd']:.3f}" for a in arms) + " |")
+        generated = [k for k in summary if not k.endswith("/ppl")]
+        if "on-policy" in arms and "supervised" in arms and generated:
+            gain = sum(summary[k]["on-policy"]["mean"] - summary[k]["supervised"]["mean"] for k in generated) / len(generated)
+            goals.append(("on-policy KD writes more like the teacher than supervised KD (generation slices, "
+                          f"{seeds} seeds)", f"{gain:+.3f} mean over the generation slices", gain > 0))
+        lines.append("")
+    return lines

@@ -111,7 +111,9 @@ def add_verbs(verbs) -> None:
     sw.add_argument("--teacher", help="default: the demo teacher")
     sw.add_argument("--student", help="the base student whose config and tokenizer the entries change "
                                       "(default: the demo student)")
-    sw.add_argument("--steps", type=int, default=DistillConfig.steps, help="distillation steps per student")
+    sw.add_argument("--steps", type=int, default=1000,
+                    help="distillation steps per student (default 1000: students from random weights need more "
+                         "than a distillation from a trained student)")
     sw.add_argument("--train-batch-size", type=int, default=DistillConfig.batch_size)
     sw.add_argument("--block-size", type=int, default=DistillConfig.block_size)
     sw.add_argument("--kd", default=DistillConfig.kd, choices=KD_MODES)
