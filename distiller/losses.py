@@ -345,9 +345,14 @@ def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden
     hidden_chunks, target_chunks = hidden.split(chunk), targets.split(chunk)
     teacher_chunks = [None] * len(hidden_chunks) if teacher_rows is None else teacher_rows.split(chunk)
     chunk_sums = partial(_fused_chunk_sums, kind=kind, temperature=temperature, beta=beta, alpha=alpha)
+    # Checkpointing trades a second pass through both heads for memory; when all the valid positions'
+    # V-sized buffers together fit in CHUNK_BYTES there is no memory to win (docs/on-policy.md: small
+    # vocabularies, or the few generated positions of an on-policy step).
+    small = n_valid * weight.shape[0] * 4 <= CHUNK_BYTES
     ce_sum = kd_sum = 0.0
     for h, y, t in zip(hidden_chunks, target_chunks, teacher_chunks):
-        ce_part, kd_part = maybe_checkpoint(chunk_sums, h, weight, bias, y, t, teacher_weight, teacher_bias)
+        parts = (h, weight, bias, y, t, teacher_weight, teacher_bias)
+        ce_part, kd_part = chunk_sums(*parts) if small else maybe_checkpoint(chunk_sums, *parts)
         ce_sum, kd_sum = ce_sum + ce_part, kd_sum + kd_part
     ce, kd = ce_sum / max(n_valid, 1), kd_sum / max(n_valid, 1)
     return ce + kd_weight * kd, ce, kd
