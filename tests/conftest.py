@@ -29,7 +29,8 @@ TEMPLATES = REPO / "suites" / "tasks"
 # other worker idle at the end, so the long ones go first and the short ones fill in after.
 LONGEST_FIRST = ("test_sharded.py", "test_reliability.py", "test_team_server.py", "test_families.py",
                  "test_concurrency.py", "test_loop.py", "test_console.py", "test_dashboard_browser.py",
-                 "test_gate_cli.py", "test_teacher_signal.py", "test_agreement.py")
+                 "test_gate_cli.py", "test_onpolicy.py", "test_teacher_signal.py", "test_agreement.py",
+                 "test_sweep.py", "test_generation.py")
 
 
 def pytest_collection_modifyitems(items):
