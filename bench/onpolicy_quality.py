@@ -12,7 +12,9 @@ distiller/seqkd.py):
 - on-policy: half the steps (λ = 0.5) on the student's own 32-token continuations of 64-token prompts,
   JSD_β (β = 0.5) from the teacher; the other half as supervised;
 - seq-kd: the supervised steps on the teacher's greedy 32-token continuations of 64-token prompts
-  (generated once, 256 per domain).
+  (generated once, 256 per domain);
+- on-policy + seq-kd: half the steps on-policy, the other half on the teacher's continuations (GKD with
+  TRL's ``seq_kd``).
 
 Each final student is scored with the teacher through kdh's scoring (lm-eval, the result cache for the
 teacher): the generation slices' rougeL_vs_teacher (exact_match_vs_teacher for arithmetic, what the
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"supervised": {}, "on-policy": {"lmbda": 0.5, "beta": 0.5},
-        "seq-kd": {"seq_kd": "auto"}}
+        "seq-kd": {"seq_kd": "auto"}, "on-policy + seq-kd": {"lmbda": 0.5, "beta": 0.5, "seq_kd": "auto"}}
 PROMPT, NEW = 64, 32
 
 
@@ -60,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--add", action="store_true", help="add these arms to the results already in --out")
     parser.add_argument("--limit", type=int, default=None, help="items per slice (default: the suite's)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "onpolicy-quality.json"))
     args = parser.parse_args()
@@ -69,7 +72,7 @@ def main() -> None:
     store = world_store(world, str(world.student_dir))
     work = kdh_home() / "bench" / "onpolicy-quality"
     generations = None
-    if "seq-kd" in args.arms:
+    if any(ARMS[a].get("seq_kd") for a in args.arms):
         generations = compute_generations(world.teacher_dir, store, kdh_home() / "generations",
                                           GenerationSettings(prompts=256, prompt_tokens=PROMPT, new_tokens=NEW))
     result = {"args": vars(args), "date": time.strftime("%Y-%m-%d"),
@@ -89,6 +92,9 @@ def main() -> None:
                      "slices": scores(suite, world.teacher_dir, run.student_dir, args.limit)}
             result["arms"][arm].append(entry)
             print(f"seed {seed} {arm}: " + json.dumps({k: round(v, 3) for k, v in entry["slices"].items()}), flush=True)
+    if args.add and Path(args.out).is_file():  # the arms measured before, kept beside the new ones
+        before = json.loads(Path(args.out).read_text())
+        result["arms"] = {**before["arms"], **result["arms"]}
     summary = {}
     for arm, runs in result["arms"].items():
         for key in runs[0]["slices"]:
