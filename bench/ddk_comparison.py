@@ -76,8 +76,12 @@ def main() -> None:
 
     world = ensure_world(kdh_home(), "default", progress=False)
     suite = open_suite(str(ROOT / "suites" / "default.yaml"))
-    domains = {d: (world.domain_file(d, "train.jsonl"), world.domain_file(d, "validation.jsonl"))
-               for d in ("code", "prose", "arithmetic", "records")}
+    import sys
+
+    sys.path.insert(0, str(ROOT))  # run as a script: bench/ is not on the path as a package
+    from bench.distill_step import world_store
+
+    store = world_store(world, str(world.student_dir))  # the demo world's corpora as the student's token store
     work = kdh_home() / "bench" / "ddk-comparison"
     result = {"args": vars(args), "date": time.strftime("%Y-%m-%d"), "threads": torch.get_num_threads(),
               "teacher": {"slices": slice_scores(world.teacher_dir, suite, args.limit)},
@@ -92,7 +96,7 @@ def main() -> None:
                                    kd_weight=kd_weight, mixture=mixture, interval=args.interval, seed=seed,
                                    save_every=args.steps, progress=False)
             started = time.perf_counter()
-            run = distill(config, domains)
+            run = distill(config, store)
             entry = {"seed": seed, "seconds": time.perf_counter() - started, "tokens_per_s": run.tokens_per_s,
                      "ddk_share": run.ddk_seconds / run.seconds, "setup_seconds": run.setup_seconds,
                      "history": run.history,
