@@ -19,7 +19,7 @@ def frontier_chart(table: pd.DataFrame) -> alt.LayerChart:
     y = alt.Y(f"{frontier.VALUE}:Q", title="mean retention of the teacher's score", scale=alt.Scale(zero=False, padding=20))
     points = alt.Chart(frame).mark_circle(size=160, opacity=1).encode(
         x=x, y=y, color=alt.Color("verdict:N", scale=alt.Scale(domain=["pass", "fail"], range=[charts.PASS, charts.FAIL]),
-                                  title="gate"),
+                                  title="gate", legend=alt.Legend(orient="bottom")),
         tooltip=["student", "start", alt.Tooltip(f"{frontier.COST}:Q", format=","), alt.Tooltip("size_mb:Q", format=".2f"),
                  alt.Tooltip(f"{frontier.VALUE}:Q", format=".3f"), "worst_domain",
                  alt.Tooltip("worst_retention:Q", format=".3f"), "failing"])
