@@ -43,6 +43,12 @@ def kdh_env(tmp_path_factory):
     """Every test runs against its own kdh home, the tiny demo world and a local store.
     ``KDH_TEST_HOME`` keeps that home between runs (the tiny world then builds once), for development."""
     root = Path(os.environ["KDH_TEST_HOME"]) if os.environ.get("KDH_TEST_HOME") else tmp_path_factory.mktemp("kdh-home")
+    if os.environ.get("PYTEST_XDIST_WORKER") and not (root / "demo").exists():
+        # The workers of one run share one demo world (its build is locked: one builds, the others wait
+        # and find it) instead of each building its own on the same two cores.
+        shared = tmp_path_factory.getbasetemp().parent / "kdh-demo"
+        shared.mkdir(exist_ok=True)
+        (root / "demo").symlink_to(shared, target_is_directory=True)
     saved = {k: os.environ.get(k) for k in ("KDH_HOME", "KDH_DEMO_SIZE", "MLFLOW_TRACKING_URI")}
     os.environ.update(KDH_HOME=str(root), KDH_DEMO_SIZE="tiny")
     os.environ.pop("MLFLOW_TRACKING_URI", None)

@@ -23,8 +23,8 @@ TINY = build.RECIPES["tiny"]
 
 
 @pytest.fixture(scope="session")
-def tiny_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("kdh_home")
+def tiny_home(kdh_env) -> Path:
+    return kdh_env  # the session's kdh home: the world the other tests use, built once (tests/conftest.py)
 
 
 @pytest.fixture(scope="session")
