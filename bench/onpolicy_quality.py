@@ -14,7 +14,8 @@ distiller/seqkd.py):
 - seq-kd: the supervised steps on the teacher's greedy 32-token continuations of 64-token prompts
   (generated once, 256 per domain);
 - on-policy + seq-kd: half the steps on-policy, the other half on the teacher's continuations (GKD with
-  TRL's ``seq_kd``).
+  TRL's ``seq_kd``);
+- on-policy with reverse KL (β = 1, mode-seeking: what GKD found best for generation), at λ 0.5 and 1.
 
 Each final student is scored with the teacher through kdh's scoring (lm-eval, the result cache for the
 teacher): the generation slices' rougeL_vs_teacher (exact_match_vs_teacher for arithmetic, what the
@@ -31,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ARMS = {"supervised": {}, "on-policy": {"lmbda": 0.5, "beta": 0.5},
-        "seq-kd": {"seq_kd": "auto"}, "on-policy + seq-kd": {"lmbda": 0.5, "beta": 0.5, "seq_kd": "auto"}}
+        "seq-kd": {"seq_kd": "auto"}, "on-policy + seq-kd": {"lmbda": 0.5, "beta": 0.5, "seq_kd": "auto"},
+        "on-policy, reverse KL": {"lmbda": 0.5, "beta": 1.0}, "on-policy, λ 1, reverse KL": {"lmbda": 1.0, "beta": 1.0}}
 PROMPT, NEW = 64, 32
 
 

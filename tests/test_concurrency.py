@@ -12,7 +12,7 @@ from servers import check_races, finish, kdh, model_variants, race_names, race_p
 from harness import promotion
 from harness.models import ModelRef, fingerprint
 
-ROUNDS = 12
+ROUNDS = 8
 # The servers here stop: the tracking URI must not outlive them.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_tracking_uri")]
 

@@ -31,7 +31,7 @@ from harness import model_uris, promotion, tracking
 from harness.errors import BadInput
 from harness.models import ModelRef, fingerprint
 
-ROUNDS = 12
+ROUNDS = 8
 # The servers here stop: the tracking URI must not outlive them.
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("own_tracking_uri")]
 
