@@ -248,5 +248,7 @@ def onpolicy_section(speed: dict | None, quality: dict | None, goals: list) -> l
             goals.append(("on-policy KD writes more like the teacher than supervised KD (generation slices, "
                           f"{seeds} seeds)", "; ".join(f"{a} {g:+.3f}" for a, g in gains.items())
                           + " (mean change over the generation slices)", gains[best] > 0))
+        lines += ["", ("Why on-policy KD does not win here while SeqKD does, what each costs in likelihood, and a "
+                       "second speed run: [docs/on-policy.md](on-policy.md).")]
         lines.append("")
     return lines
