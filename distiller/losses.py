@@ -234,25 +234,61 @@ def positions_per_chunk(chunk_size: int | None, n_valid: int, vocab: int) -> int
     return max(1, min(chunk_size, CHUNK_BYTES // (4 * vocab)))
 
 
-class CrossEntropyForwardKL(torch.autograd.Function):
+class HeadGradients:
+    """The gradients of a head's inputs (hidden states, weight, bias), formed chunk by chunk in the
+    forward of a fused loss (``GradientInForward``): each chunk's gradient of its logits is multiplied
+    back through the head at once, so nothing V-sized is kept for the backward."""
+
+    def __init__(self, ctx, hidden: Tensor, weight: Tensor):
+        want_h, want_w, want_b = ctx.needs_input_grad[:3]
+        self.compute = torch.promote_types(hidden.dtype, torch.float32)
+        self.hidden = torch.empty_like(hidden) if want_h else None
+        self.weight = torch.zeros_like(weight, dtype=self.compute) if want_w else None
+        self.bias = torch.zeros(weight.shape[0], dtype=self.compute, device=weight.device) if want_b else None
+
+    def add(self, grad: Tensor, h: Tensor, weight: Tensor, start: int) -> None:  # one chunk's, from row start
+        if self.hidden is not None:
+            self.hidden[start:start + len(h)] = (grad @ weight.to(self.compute)).to(self.hidden.dtype)
+        if self.weight is not None:
+            self.weight.addmm_(grad.T, h.to(self.compute))
+        if self.bias is not None:
+            self.bias += grad.sum(0)
+
+
+class GradientInForward(torch.autograd.Function):
+    """A loss whose forward formed its gradient (``HeadGradients``); the backward only scales it.
+    Outputs (Σ total, Σ ce, Σ kd); only the first carries a gradient."""
+
+    @staticmethod
+    def outputs(ctx, grads: HeadGradients, weight: Tensor, bias: Tensor | None, ce_sum: Tensor, kd_sum: Tensor,
+                kd_weight: float):
+        ctx.save_for_backward(grads.hidden, None if grads.weight is None else grads.weight.to(weight.dtype),
+                              None if grads.bias is None else grads.bias.to(bias.dtype))
+        ce_sum, kd_sum = ce_sum.to(grads.compute), kd_sum.to(grads.compute)
+        ce_out, kd_out = ce_sum.clone(), kd_sum.clone()
+        ctx.mark_non_differentiable(ce_out, kd_out)
+        return ce_sum + kd_weight * kd_sum, ce_out, kd_out
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_ce, _grad_kd):
+        grads = [None if g is None else g * grad_total.to(g.dtype) for g in ctx.saved_tensors]
+        return (*grads, *[None] * (len(ctx.needs_input_grad) - len(grads)))
+
+
+class CrossEntropyForwardKL(GradientInForward):
     """Σ CE + γ·Σ KL(p_τ‖q_τ) through the heads, its gradient formed chunk by chunk in the forward.
 
-    For this loss the gradient of a position's student logits is closed-form,
-    softmax(z) − onehot(y) + (γ/τ)·(softmax(z/τ) − p_τ), so each chunk multiplies it back through the
-    head at once (as Liger's fused linear cross-entropy does): nothing V-sized is kept for backward and
-    nothing is recomputed there, unlike the checkpointed path, which runs both heads twice.
-    Outputs (Σ total, Σ ce, Σ kd); only the first carries a gradient. ``with_ce`` False leaves the
-    CE out (Σ ce is 0): DSKD's teacher-space KL alone (dskd.py).
+    The gradient of a position's student logits is closed-form, softmax(z) − onehot(y) +
+    (γ/τ)·(softmax(z/τ) − p_τ), so each chunk multiplies it back through the head at once (as Liger's
+    fused linear cross-entropy does), nothing recomputed, unlike the checkpointed path, which runs
+    both heads twice. ``with_ce`` False leaves the CE out (Σ ce is 0): DSKD's teacher-space KL (dskd.py).
     """
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, teacher_hidden, teacher_weight, teacher_bias,
                 kd_weight: float, temperature: float, chunk: int, with_ce: bool = True):
-        want_h, want_w, want_b = ctx.needs_input_grad[:3]
-        compute = torch.promote_types(hidden.dtype, torch.float32)
-        grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros_like(weight, dtype=compute) if want_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=compute, device=weight.device) if want_b else None
+        grads = HeadGradients(ctx, hidden, weight)
+        compute = grads.compute
         ce_sum = kd_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
         rows = torch.arange(chunk, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
@@ -274,23 +310,8 @@ class CrossEntropyForwardKL(torch.autograd.Function):
             del log_q
             if with_ce:
                 grad[rows[:len(y)], y] -= 1
-            if want_h:
-                grad_h[start:start + chunk] = (grad @ weight.to(compute)).to(hidden.dtype)
-            if want_w:
-                grad_w.addmm_(grad.T, h.to(compute))
-            if want_b:
-                grad_b += grad.sum(0)
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                              None if grad_b is None else grad_b.to(bias.dtype))
-        ce_sum, kd_sum = ce_sum.to(compute), kd_sum.to(compute)
-        ce_out, kd_out = ce_sum.clone(), kd_sum.clone()
-        ctx.mark_non_differentiable(ce_out, kd_out)
-        return ce_sum + kd_weight * kd_sum, ce_out, kd_out
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_ce, _grad_kd):
-        grads = [None if g is None else g * grad_total.to(g.dtype) for g in ctx.saved_tensors]
-        return (*grads, None, None, None, None, None, None, None, None)
+            grads.add(grad, h, weight, start)
+        return GradientInForward.outputs(ctx, grads, weight, bias, ce_sum, kd_sum, kd_weight)
 
 
 def distillation_loss(student_hidden: Tensor, student_head: Head, teacher_hidden: Tensor | None,

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distiller.losses import Head, check_chunk_size, positions_per_chunk, weight_and_bias
+from distiller.losses import (GradientInForward, Head, HeadGradients, check_chunk_size, positions_per_chunk,
+                              weight_and_bias)
 
 
 @dataclass
@@ -87,18 +88,15 @@ def _log_tail(log_q: Tensor, ids: Tensor, log_q_ids: Tensor) -> Tensor:
     return out
 
 
-class SparseForwardKL(torch.autograd.Function):
+class SparseForwardKL(GradientInForward):
     """Σ CE + γ·Σ KL(p_τ‖q_τ) against a sparse target through the student's head, the gradient formed
     chunk by chunk in the forward. Outputs (Σ total, Σ ce, Σ kd); only the first carries a gradient."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets, ids, weights, log_p, tail, kd_weight: float,
                 temperature: float, chunk: int):
-        want_h, want_w, want_b = ctx.needs_input_grad[:3]
-        compute = torch.promote_types(hidden.dtype, torch.float32)
-        grad_h = torch.empty_like(hidden) if want_h else None
-        grad_w = torch.zeros_like(weight, dtype=compute) if want_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=compute, device=weight.device) if want_b else None
+        grads = HeadGradients(ctx, hidden, weight)
+        compute = grads.compute
         ce_sum = kd_sum = torch.zeros((), dtype=torch.float64, device=hidden.device)
         rows = torch.arange(chunk, device=hidden.device)
         for start in range(0, hidden.shape[0], chunk):
@@ -128,23 +126,8 @@ class SparseForwardKL(torch.autograd.Function):
             grad.scatter_add_(-1, i, scale * (spread.unsqueeze(-1) * log_q_i.exp() - w))
             del log_q, log_q_t, q
             grad[rows[:len(y)], y] -= 1
-            if want_h:
-                grad_h[start:start + chunk] = (grad @ weight.to(compute)).to(hidden.dtype)
-            if want_w:
-                grad_w.addmm_(grad.T, h.to(compute))
-            if want_b:
-                grad_b += grad.sum(0)
-        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype),
-                              None if grad_b is None else grad_b.to(bias.dtype))
-        ce_sum, kd_sum = ce_sum.to(compute), kd_sum.to(compute)
-        ce_out, kd_out = ce_sum.clone(), kd_sum.clone()
-        ctx.mark_non_differentiable(ce_out, kd_out)
-        return ce_sum + kd_weight * kd_sum, ce_out, kd_out
-
-    @staticmethod
-    def backward(ctx, grad_total, _grad_ce, _grad_kd):
-        grads = [None if g is None else g * grad_total.to(g.dtype) for g in ctx.saved_tensors]
-        return (*grads, None, None, None, None, None, None, None, None)
+            grads.add(grad, h, weight, start)
+        return GradientInForward.outputs(ctx, grads, weight, bias, ce_sum, kd_sum, kd_weight)
 
 
 def sparse_distillation_loss(student_hidden: Tensor, student_head: Head, target: SparseTarget, labels: Tensor, *,
