@@ -82,8 +82,8 @@ def compute_generations(teacher_dir, store_dir, root: Path, settings: Generation
     ident = identity(teacher_dir, store, domains, settings)
     fingerprint = fingerprint_of(ident)
     out = Path(root) / fingerprint[:16]
-    if (out / MANIFEST).is_file():
-        return open_generations(out, teacher_dir=teacher_dir, store=store, domains=domains)
+    if (out / MANIFEST).is_file():  # the teacher's files are hashed once (a real teacher's are gigabytes)
+        return open_generations(out, teacher_dir=teacher_dir, store=store, domains=domains, teacher_sha=ident["teacher"])
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, use_safetensors=True).eval()
     context = teacher.config.max_position_embeddings
     if settings.prompt_tokens + settings.new_tokens > context:
@@ -116,7 +116,8 @@ def compute_generations(teacher_dir, store_dir, root: Path, settings: Generation
                               seconds=time.perf_counter() - started)
 
 
-def open_generations(path, *, teacher_dir, store: TokenStore, domains: list[str]) -> TeacherGenerations:
+def open_generations(path, *, teacher_dir, store: TokenStore, domains: list[str],
+                     teacher_sha: str | None = None) -> TeacherGenerations:
     """Stored generations for a run, or InputError naming what does not match the run's teacher, store
     or domains."""
     from safetensors.torch import load_file
@@ -126,7 +127,7 @@ def open_generations(path, *, teacher_dir, store: TokenStore, domains: list[str]
         raise InputError(f"--seq-kd {path}: no {MANIFEST} there; give a folder `kdh distill --seq-kd` made")
     manifest = json.loads((path / MANIFEST).read_text())
     stored = manifest["identity"]
-    now = {"teacher": teacher_fingerprint(teacher_dir), "store": store.key}
+    now = {"teacher": teacher_sha or teacher_fingerprint(teacher_dir), "store": store.key}
     for field, value in now.items():
         if stored.get(field) != value:
             raise InputError(f"--seq-kd {path}: made for another {field} ({str(stored.get(field))[:12]}…, this run's "
