@@ -12,6 +12,7 @@ import math
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pandas as pd
@@ -99,6 +100,22 @@ def _slice_groups(suite: Suite, options: ScoringOptions) -> dict[int | None, lis
     return groups
 
 
+@contextmanager
+def without_environment_report():
+    """lm-eval ends every ``simple_evaluate`` by describing the machine: torch's ``collect_env`` runs
+    ``pip list`` and other subprocesses, 0.5–0.7 s a call and a call per slice group and model. kdh logs
+    the library versions that shape a score itself (harness/tracking.py), so the description is skipped
+    while kdh scores (docs/architecture.md, "what kdh relies on")."""
+    from lm_eval import evaluator
+
+    described = evaluator.add_env_info
+    evaluator.add_env_info = lambda results: None
+    try:
+        yield
+    finally:
+        evaluator.add_env_info = described
+
+
 def evaluate_model(ref: ModelRef, suite: Suite,
                    options: ScoringOptions = ScoringOptions()) -> tuple[list[dict], list[dict], dict]:
     """Score one model on every slice: (scorecard rows, per-document samples, efficiency figures)."""
@@ -123,7 +140,7 @@ def evaluate_model(ref: ModelRef, suite: Suite,
     tokens, hook = _count_tokens(model)
     started = time.perf_counter()
     try:
-        with PeakMemory(ref.device) as memory:
+        with PeakMemory(ref.device) as memory, without_environment_report():
             for limit, members in _slice_groups(suite, options).items():
                 tasks = [inline_task(s, task_name(d.name, s.name)) for d, s in members]
                 try:
