@@ -50,6 +50,7 @@ BINS = 15
 NO_BYTE = 256  # the outcome of a token with no bytes (end-of-text, special tokens)
 LN2 = math.log(2.0)
 SCHEMA = 1  # bump when what measure() computes changes
+BATCH_TOKENS = 4096  # padded tokens a batch of documents holds (hidden states: 4096 x hidden floats)
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,31 +202,53 @@ class Side:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ([self.prefix] if self.prefix is not None else []) + ids
 
-    def hidden(self, ids: list[int]) -> torch.Tensor:
-        inputs = torch.tensor([ids], device=self.model.device)
+    def hidden(self, inputs: torch.Tensor) -> torch.Tensor:
+        """[batch, length, hidden] of [batch, length] ids (whole logits for a family whose logits are
+        more than its head)."""
+        inputs = inputs.to(self.model.device)
         if self.bounded:
-            return final_hidden(self.model, inputs)[0]
-        return self.model(inputs).logits[0]  # a family whose logits are more than its head: whole logits
+            return final_hidden(self.model, inputs)
+        return self.model(inputs).logits
 
     def log_probs(self, hidden: torch.Tensor) -> torch.Tensor:
         logits = output_logits(self.model, hidden) if self.bounded else hidden
         return F.log_softmax(logits[..., :self.vocabulary].float(), dim=-1)
 
 
+def length_batches(lengths: list[int], tokens: int = BATCH_TOKENS) -> list[list[int]]:
+    """Indices of sequences grouped longest first into batches of at most ``tokens`` padded tokens
+    (a sequence longer than that alone): similar lengths together, so little is padding."""
+    batches, batch = [], []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        if batch and lengths[batch[0]] * (len(batch) + 1) > tokens:
+            batches.append(batch)
+            batch = []
+        batch.append(i)
+    return batches + ([batch] if batch else [])
+
+
 @torch.no_grad()
-def same_vocabulary_tally(teacher: Side, student: Side, text: str) -> Tally:
-    """Per token: both models on the teacher's ids, each position's next-token distributions."""
-    ids = teacher.ids(text)[:min(teacher.context, student.context)]
-    if len(ids) < 2:
-        return Tally()
-    vocabulary = min(teacher.vocabulary, student.vocabulary)
-    hidden_t, hidden_s = teacher.hidden(ids[:-1]), student.hidden(ids[:-1])
-    target = torch.tensor(ids[1:], device=hidden_t.device)
-    tally, chunk = Tally(), min(teacher.chunk, student.chunk)
-    for start in range(0, len(target), chunk):
-        part = slice(start, start + chunk)
-        tally = tally.merge(compare(teacher.log_probs(hidden_t[part])[:, :vocabulary],
-                                    student.log_probs(hidden_s[part])[:, :vocabulary], target[part]))
+def same_vocabulary_tally(teacher: Side, student: Side, texts: list[str]) -> Tally:
+    """Per token: both models on the teacher's ids, each position's next-token distributions. The
+    texts go through the models a batch at a time, padded on the right: under causal attention a
+    position never sees the padding after it, so each text's figures are those it has alone."""
+    context = min(teacher.context, student.context)
+    sequences = [ids for ids in (teacher.ids(text)[:context] for text in texts) if len(ids) >= 2]
+    vocabulary, chunk = min(teacher.vocabulary, student.vocabulary), min(teacher.chunk, student.chunk)
+    # whole logits (a family not bounded) are [batch, length, vocabulary]: one text at a time
+    budget = BATCH_TOKENS if teacher.bounded and student.bounded else 1
+    tally = Tally()
+    for batch in length_batches([len(ids) - 1 for ids in sequences], budget):
+        inputs = [sequences[i][:-1] for i in batch]
+        width = len(inputs[0])
+        padded = torch.tensor([ids + [ids[0]] * (width - len(ids)) for ids in inputs])
+        kept = torch.tensor([[j < len(ids) for j in range(width)] for ids in inputs])
+        hidden_t, hidden_s = teacher.hidden(padded)[kept], student.hidden(padded)[kept]
+        target = torch.tensor([t for i in batch for t in sequences[i][1:]], device=hidden_t.device)
+        for start in range(0, len(target), chunk):
+            part = slice(start, start + chunk)
+            tally = tally.merge(compare(teacher.log_probs(hidden_t[part])[:, :vocabulary],
+                                        student.log_probs(hidden_s[part])[:, :vocabulary], target[part]))
     return tally
 
 
@@ -265,7 +288,7 @@ def cross_vocabulary_tally(teacher: Side, student: Side, text: str, tables: tupl
     points = [(b, i, j) for b, i, j in aligned_boundaries(ends_t, ends_s) if b < len(data)]
     if not points:
         return Tally()
-    hidden_t, hidden_s = teacher.hidden(ids_t), student.hidden(ids_s)
+    hidden_t, hidden_s = teacher.hidden(torch.tensor([ids_t]))[0], student.hidden(torch.tensor([ids_s]))[0]
     target = torch.tensor([data[b] for b, _, _ in points], device=hidden_t.device)
     at_t = torch.tensor([i for _, i, _ in points], device=hidden_t.device)
     at_s = torch.tensor([j for _, _, j in points], device=hidden_s.device)
@@ -319,7 +342,7 @@ def pair_tally(teacher: Side, student: Side, texts: list[str]) -> tuple[str, int
     """(method, documents compared, tally) of one model pair over one slice's texts."""
     same = teacher.tokenizer.get_vocab() == student.tokenizer.get_vocab()
     if same:
-        return "token", len(texts), _sum(same_vocabulary_tally(teacher, student, t) for t in texts)
+        return "token", len(texts), same_vocabulary_tally(teacher, student, texts)
     if not (is_byte_level(teacher.tokenizer) and is_byte_level(student.tokenizer)):
         return "unaligned: not both byte-level tokenizers", 0, Tally()
     tables = tuple(side.byte_tables() for side in (teacher, student))

@@ -48,7 +48,7 @@ def test_aligned_boundaries_are_the_offsets_both_tokenizations_share():
 def test_a_model_agrees_with_itself_by_either_method(tiny_world):
     side = agreement.Side.of(*load(ModelRef("teacher", str(tiny_world.teacher_dir))))
     text = tiny_world.domain_file("code", "test_ppl.jsonl").read_text().splitlines()[0][:600]
-    exact = agreement.same_vocabulary_tally(side, side, text).figures()
+    exact = agreement.same_vocabulary_tally(side, side, [text]).figures()
     tables = (side.byte_tables(),) * 2
     by_bytes = agreement.cross_vocabulary_tally(side, side, text, tables).figures()
     for figures in (exact, by_bytes):
@@ -58,6 +58,24 @@ def test_a_model_agrees_with_itself_by_either_method(tiny_world):
     # every token boundary is aligned with itself: one next-byte position per token position (and one
     # more: the window's last token, whose next token lies past the context but whose next byte is known)
     assert by_bytes["positions"] == exact["positions"] + 1
+
+
+def test_documents_read_a_batch_at_a_time_score_as_each_alone(tiny_world):
+    """Right-padded batches of unequal documents give each document's own figures (and a document too
+    short to predict anything adds none)."""
+    teacher = agreement.Side.of(*load(ModelRef("teacher", str(tiny_world.teacher_dir))))
+    student = agreement.Side.of(*load(ModelRef("student", str(tiny_world.student_dir))))
+    lines = tiny_world.domain_file("prose", "test_ppl.jsonl").read_text().splitlines()
+    texts = [lines[0][:900], lines[1][:90], "", lines[2][:400]]
+    together = agreement.same_vocabulary_tally(teacher, student, texts)
+    alone = [agreement.same_vocabulary_tally(teacher, student, [t]) for t in texts]
+    assert together.positions == sum(a.positions for a in alone) > 0
+    summed = agreement.Tally()
+    for tally in alone:
+        summed = summed.merge(tally)
+    for key, value in summed.figures().items():
+        assert together.figures()[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    assert agreement.length_batches([3, 9, 5, 1], tokens=10) == [[1], [2, 0], [3]]  # padded to its longest
 
 
 @pytest.fixture(scope="module")
