@@ -16,7 +16,8 @@ sharded (one process against two, DDP and FSDP2; figures in docs/sharded.md) and
 student from a 4× teacher at 50k and 152k entries: kdh against TRL and a bare loop, and scoring; ~40 min)
 and teacher_signal (the stored teacher signal: bytes, step time, student quality over three seeds)
 and onpolicy, onpolicy_quality (kdh's on-policy step against TRL's GKDTrainer; supervised vs on-policy vs
-SeqKD on the generation suite over three seeds, ~30 min).
+SeqKD on the generation suite over three seeds, ~30 min) and onpolicy_quality_warm (the same from a
+student first distilled 1,000 supervised steps, GKD's setting; ~25 min).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ PARTS = {
     "teacher_signal": ["bench/teacher_signal.py", "--steps", "100", "--seeds", "3"],
     "onpolicy": ["bench/onpolicy.py"],
     "onpolicy_quality": ["bench/onpolicy_quality.py", "--steps", "200"],
+    "onpolicy_quality_warm": ["bench/onpolicy_quality.py", "--warm-steps", "1000", "--steps", "300", "--new-tokens", "16",
+                              "--arms", "supervised", "on-policy", "on-policy, reverse KL", "on-policy, λ 1, reverse KL",
+                              "--out", "docs/bench/onpolicy-quality-warm.json"],
 }
 
 

@@ -3,8 +3,13 @@ GKD (λ = 0.5) and SeqKD on the demo world, over seeds, scored on suites/generat
 
     python bench/onpolicy_quality.py                    # 3 seeds × 3 arms, 300 steps; docs/bench/onpolicy-quality.json
     python bench/onpolicy_quality.py --steps 60 --seeds 0 --arms supervised on-policy
+    python bench/onpolicy_quality.py --warm-steps 1000 --out docs/bench/onpolicy-quality-warm.json
 
-Every arm starts from the demo student, trains the same steps, batch, block, learning rate and DDK
+Every arm starts from the demo student, or with ``--warm-steps N`` from the demo student first
+distilled N supervised steps (GKD's setting: on-policy KD fine-tunes a student that already writes
+the task's kind of text).
+
+Every arm trains the same steps, batch, block, learning rate and DDK
 mixture with the same seeds; the arms differ only in what the student learns on (distiller/onpolicy.py,
 distiller/seqkd.py):
 
@@ -65,6 +70,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--add", action="store_true", help="add these arms to the results already in --out")
+    parser.add_argument("--warm-steps", type=int, default=0,
+                        help="distil the demo student this many supervised steps first; every arm starts from it")
+    parser.add_argument("--new-tokens", type=int, default=NEW, help="tokens the student samples on an on-policy step")
     parser.add_argument("--limit", type=int, default=None, help="items per slice (default: the suite's)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "onpolicy-quality.json"))
     args = parser.parse_args()
@@ -77,17 +85,22 @@ def main() -> None:
     if any(ARMS[a].get("seq_kd") for a in args.arms):
         generations = compute_generations(world.teacher_dir, store, kdh_home() / "generations",
                                           GenerationSettings(prompts=256, prompt_tokens=PROMPT, new_tokens=NEW))
+    student = world.student_dir
+    if args.warm_steps:  # one warm student for every arm and seed, its own seed apart from theirs
+        warm = DistillConfig(teacher=str(world.teacher_dir), student=str(student), output_dir=str(work / f"warm-{args.warm_steps}"),
+                             steps=args.warm_steps, seed=1000, save_every=args.warm_steps, progress=True)
+        student = distill(warm, store).student_dir
     result = {"args": vars(args), "date": time.strftime("%Y-%m-%d"),
-              "initial": scores(suite, world.teacher_dir, world.student_dir, args.limit), "arms": {a: [] for a in args.arms}}
+              "initial": scores(suite, world.teacher_dir, student, args.limit), "arms": {a: [] for a in args.arms}}
     print("initial student: " + json.dumps({k: round(v, 3) for k, v in result["initial"].items()}), flush=True)
     for seed in args.seeds:
         for arm in args.arms:
             extra = dict(ARMS[arm])
             if extra.get("seq_kd") == "auto":
                 extra["seq_kd"] = str(generations.root)
-            config = DistillConfig(teacher=str(world.teacher_dir), student=str(world.student_dir),
-                                   output_dir=str(work / f"{arm}-seed{seed}"), steps=args.steps, seed=seed,
-                                   prompt_tokens=PROMPT, new_tokens=NEW, save_every=args.steps, progress=False, **extra)
+            config = DistillConfig(teacher=str(world.teacher_dir), student=str(student),
+                                   output_dir=str(work / f"{arm}-seed{seed}-warm{args.warm_steps}"), steps=args.steps,
+                                   seed=seed, prompt_tokens=PROMPT, new_tokens=args.new_tokens, save_every=args.steps, progress=False, **extra)
             started = time.perf_counter()
             run = distill(config, store)
             entry = {"seed": seed, "seconds": time.perf_counter() - started, "tokens_per_s": run.tokens_per_s,

@@ -341,8 +341,9 @@ def write_report(folder: Path, out: Path) -> Path:
     if teacher_signal:
         body += teacher_signal_section(teacher_signal, goals)
     onpolicy, onpolicy_quality = _load(folder, "onpolicy"), _load(folder, "onpolicy-quality")
-    if onpolicy or onpolicy_quality:
-        body += onpolicy_section(onpolicy, onpolicy_quality, goals)
+    onpolicy_warm = _load(folder, "onpolicy-quality-warm")
+    if onpolicy or onpolicy_quality or onpolicy_warm:
+        body += onpolicy_section(onpolicy, onpolicy_quality, goals, onpolicy_warm)
     machine = (step or {}).get("machine", {})
     head = ["# Benchmarks", "",
             ("Reproduce: `pip install -e \".[bench]\"` after the README's set-up, then `python -m bench` (about 140 "
