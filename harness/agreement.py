@@ -59,7 +59,7 @@ BATCH_TOKENS = 4096  # padded tokens a batch of documents holds (hidden states: 
 
 @dataclass
 class Tally:
-    """Sums over compared positions; documents and slices add up by ``merge``."""
+    """Sums over compared positions; documents and slices add up (``+``, ``sum(tallies, Tally())``)."""
 
     positions: int = 0
     agree: float = 0.0
@@ -68,7 +68,7 @@ class Tally:
     # per confidence bin: count, sum of confidence, sum of correct — for the student and the teacher
     bins: np.ndarray = field(default_factory=lambda: np.zeros((2, BINS, 3)))
 
-    def merge(self, other: Tally) -> Tally:
+    def __add__(self, other: Tally) -> Tally:
         return Tally(self.positions + other.positions, self.agree + other.agree, self.kl + other.kl,
                      self.js + other.js, self.bins + other.bins)
 
@@ -247,8 +247,8 @@ def same_vocabulary_tally(teacher: Side, student: Side, texts: list[str]) -> Tal
         target = torch.tensor([t for i in batch for t in sequences[i][1:]], device=hidden_t.device)
         for start in range(0, len(target), chunk):
             part = slice(start, start + chunk)
-            tally = tally.merge(compare(teacher.log_probs(hidden_t[part])[:, :vocabulary],
-                                        student.log_probs(hidden_s[part])[:, :vocabulary], target[part]))
+            tally += compare(teacher.log_probs(hidden_t[part])[:, :vocabulary],
+                             student.log_probs(hidden_s[part])[:, :vocabulary], target[part])
     return tally
 
 
@@ -295,8 +295,8 @@ def cross_vocabulary_tally(teacher: Side, student: Side, text: str, tables: tupl
     tally, chunk = Tally(), min(teacher.chunk, student.chunk)
     for start in range(0, len(points), chunk):
         part = slice(start, start + chunk)
-        tally = tally.merge(compare(_next_byte_log_probs(teacher, hidden_t[at_t[part]], first_t),
-                                    _next_byte_log_probs(student, hidden_s[at_s[part]], first_s), target[part]))
+        tally += compare(_next_byte_log_probs(teacher, hidden_t[at_t[part]], first_t),
+                         _next_byte_log_probs(student, hidden_s[at_s[part]], first_s), target[part])
     return tally
 
 
@@ -351,14 +351,7 @@ def pair_tally(teacher: Side, student: Side, texts: list[str]) -> tuple[str, int
     if len(kept) < len(texts):
         log.warning("%d of %d documents left out of the agreement: a tokenizer's tokens do not spell their text "
                     "byte for byte (a normaliser changed it)", len(texts) - len(kept), len(texts))
-    return "next-byte", len(kept), _sum(kept)
-
-
-def _sum(tallies) -> Tally:
-    total = Tally()
-    for tally in tallies:
-        total = total.merge(tally)
-    return total
+    return "next-byte", len(kept), sum(kept, Tally())
 
 
 def _cached(reference_key: str, model_key: str):

@@ -70,9 +70,7 @@ def test_documents_read_a_batch_at_a_time_score_as_each_alone(tiny_world):
     together = agreement.same_vocabulary_tally(teacher, student, texts)
     alone = [agreement.same_vocabulary_tally(teacher, student, [t]) for t in texts]
     assert together.positions == sum(a.positions for a in alone) > 0
-    summed = agreement.Tally()
-    for tally in alone:
-        summed = summed.merge(tally)
+    summed = sum(alone, agreement.Tally())
     for key, value in summed.figures().items():
         assert together.figures()[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
     assert agreement.length_batches([3, 9, 5, 1], tokens=10) == [[1], [2, 0], [3]]  # padded to its longest
