@@ -167,3 +167,18 @@ def check_pair(teacher: str, student: str, kd: str, kd_weight: float) -> None:
     except (OSError, ValueError, TypeError) as err:
         raise InputError(f"cannot read the tokenizers of {teacher} and {student}: {err}") from None
     check_mode(kd, kd_weight, same_vocabulary(teacher_tok, student_tok), (len(teacher_tok), len(student_tok)))
+
+
+@dataclass
+class SignalSettings:
+    """How `kdh teacher-signal` runs the teacher over a store (distiller/teacher_signal.py)."""
+
+    k: int = 64  # top-k entries a position, or N draws when mode is "sampled"
+    mode: str = "top-k"  # top-k | sampled
+    temperature: float = 1.0
+    seed: int = 0  # the draws of a sampled signal
+    block_size: int = 256  # capped by the teacher's (and the student's) context, as the trainer caps it
+    val_blocks: int = 32  # validation blocks per domain for the teacher's perplexities (DDK's ℓ_T)
+    batch_size: int = 16  # blocks a teacher forward
+    chunk_size: int = 256  # positions through the teacher's head at a time
+    part_blocks: int = 64  # blocks a part: the unit of work, of resume and of a rank's share

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from distiller.config import SignalSettings  # plain values, importable without torch (kdh's parser reads them)
 from distiller.data import _derived_seed, count_blocks
 from distiller.errors import InputError
 from distiller.files import sha256_named_files, swap_folder, write_atomic_text
@@ -32,19 +33,6 @@ from distiller.measure import domain_perplexities, last_hidden
 from distiller.signal_store import (FORMAT, MANIFEST, MODES, VERSION, TeacherSignal, encode_log_probs, id_bytes,
                                     pack_ids, part_files)
 from distiller.store import Blocks, TokenStore
-
-
-@dataclass
-class SignalSettings:
-    k: int = 64  # top-k entries a position, or N draws when mode is "sampled"
-    mode: str = "top-k"  # top-k | sampled
-    temperature: float = 1.0
-    seed: int = 0  # the draws of a sampled signal
-    block_size: int = 256  # capped by the teacher's (and the student's) context, as the trainer caps it
-    val_blocks: int = 32  # validation blocks per domain for the teacher's perplexities (DDK's ℓ_T)
-    batch_size: int = 16  # blocks a teacher forward
-    chunk_size: int = 256  # positions through the teacher's head at a time
-    part_blocks: int = 64  # blocks a part: the unit of work, of resume and of a rank's share
 
 
 @dataclass

@@ -51,8 +51,7 @@ def cmd_teacher_signal(args) -> int:
 
 
 def add_verbs(verbs) -> None:
-    from distiller.config import DistillConfig
-    from distiller.teacher_signal import SignalSettings
+    from distiller.config import DistillConfig, SignalSettings
 
     ts = add_verb(verbs, "teacher-signal", cmd_teacher_signal,
                   "run the teacher over the token store once and store its sparse signal (top-k or sampled)",
