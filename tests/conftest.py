@@ -11,7 +11,7 @@ import pytest
 
 from harness import home
 
-pytest_plugins = ["pytester", "servers"]  # pytester: the kdh plugin in a subprocess (test_gate_cli.py); servers: tests/servers.py
+pytest_plugins = ["pytester", "servers"]  # pytester: the kdh plugin in an inner session (test_gate_cli.py); servers: tests/servers.py
 
 REPO = Path(__file__).resolve().parent.parent
 

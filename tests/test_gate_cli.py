@@ -137,7 +137,7 @@ def test_the_pytest_plugin_fails_where_the_gate_does(rejected, lenient_suite, wo
     verdict = pd.read_csv(out / "verdict.csv", keep_default_na=False)
     args = ["--kdh-suite", str(lenient_suite), "--kdh-teacher", str(world.teacher_dir),
             "--kdh-candidate", str(damaged), "--kdh-champion", str(world.student_dir), "-p", "no:cacheprovider"]
-    result = pytester.runpytest_subprocess(*args, "--junitxml", "plugin.xml")
+    result = pytester.runpytest_inprocess(*args, "--junitxml", "plugin.xml")
     outcomes = result.parseoutcomes()
     expected_failures = sorted(f"{r.domain}/{r.slice}/{r.check}" for r in verdict.itertuples() if r.status == "fail")
     assert outcomes.get("failed") == len(expected_failures) and outcomes.get("passed") == len(verdict) - len(expected_failures) + 1
@@ -150,7 +150,7 @@ def test_the_pytest_plugin_fails_where_the_gate_does(rejected, lenient_suite, wo
             row = verdict[(verdict["domain"] == domain) & (verdict["slice"] == slice_) & (verdict["check"] == check)]
             assert row["reason"].iloc[0] in failure.get("message")
 
-    selected = pytester.runpytest_subprocess(*args, "-k", "records", "--collect-only", "-q")
+    selected = pytester.runpytest_inprocess(*args, "-k", "records", "--collect-only", "-q")
     names = [line for line in selected.outlines if "::" in line]
     assert names and all("records/" in line for line in names)
     assert json.dumps(names).count("records/") == 6  # two slices and the domain, two checks each
