@@ -255,8 +255,8 @@ def store_section(data: dict, folder: Path, goals: list) -> list[str]:
     lines = ["## 7. The token store at scale", "",
              ("GPT-2 tokenizer (uint16 ids), a generated corpus in two domains (stdlib source slices and word-sampled "
               "prose, ~450 tokens a document), script [bench/store_scale.py](../bench/store_scale.py); the choice of "
-              "format against datatrove and litdata is measured in [docs/store-libraries.md](store-libraries.md), the "
-              "format in [docs/token-store.md](token-store.md).")]
+              "format against datatrove and litdata is measured in [docs/store-libraries.md](../docs/store-libraries.md), the "
+              "format in [docs/token-store.md](../docs/token-store.md).")]
     if "throughput" in data:
         t = data["throughput"]
         goals.append((f"`kdh prepare` ≥ 0.9× the tokenizer's own batched encode ({t['millions']}M tokens)",
