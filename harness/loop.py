@@ -45,6 +45,13 @@ class LoopSettings:
     on_policy: dict = field(default_factory=dict)  # GKD's and SeqKD's DistillConfig fields (docs/on-policy.md)
     generations: object = None  # distiller.seqkd.GenerationSettings, for on_policy["seq_kd"] == "auto"
 
+    def distill_config(self, teacher: str, student: str, out: Path, **fields) -> DistillConfig:
+        """One distillation with these settings; ``fields`` add DistillConfig's others or override these."""
+        return DistillConfig(**{"teacher": teacher, "student": student, "output_dir": str(out), "steps": self.steps,
+                                "batch_size": self.batch_size, "block_size": self.block_size, "lr": self.lr,
+                                "kd": self.kd, "kd_weight": self.kd_weight, "interval": self.interval,
+                                "seed": self.seed, **fields})
+
 
 def weak_domains(scorecard: Scorecard, suite: Suite, model: str = "student") -> list[str]:
     """Domains where the model keeps less of the teacher's score than the suite asks."""
@@ -61,10 +68,8 @@ def weak_domains(scorecard: Scorecard, suite: Suite, model: str = "student") -> 
 def distill_round(suite: Suite, teacher: ModelRef, student_dir: str, ratios: dict[str, float],
                   settings: LoopSettings, out: Path, round_no: int) -> steps.DistillOutcome:
     """DDK distillation of ``student_dir`` with the mixture seeded by ``ratios`` (nested run)."""
-    config = DistillConfig(teacher=teacher.source, student=student_dir, output_dir=str(out), steps=settings.steps,
-                           batch_size=settings.batch_size, block_size=settings.block_size, lr=settings.lr,
-                           kd=settings.kd, kd_weight=settings.kd_weight, interval=settings.interval, initial_ratios=ratios,
-                           seed=settings.seed + round_no, teacher_signal=settings.teacher_signal, **settings.on_policy)
+    config = settings.distill_config(teacher.source, student_dir, out, initial_ratios=ratios, seed=settings.seed + round_no,
+                                     teacher_signal=settings.teacher_signal, **settings.on_policy)
     return steps.distill(suite, config, f"distill round {round_no}", params={"round": round_no}, store=settings.store)
 
 

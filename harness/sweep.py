@@ -146,7 +146,6 @@ def run_sweep(suite, teacher, base_student: str, specs: list[StudentSpec], setti
     teacher, and log the table, the frontier and the smallest passing student under a ``sweep`` run."""
     import mlflow
 
-    from distiller.config import DistillConfig
     from harness import corpora, steps, tracking
     from harness.console import note, say
     from harness.errors import EXIT_GATE_FAILED, EXIT_PASS
@@ -166,10 +165,7 @@ def run_sweep(suite, teacher, base_student: str, specs: list[StudentSpec], setti
             if store not in contamination:  # one scan per token store: students of one tokenizer share it
                 contamination[store] = corpora.contamination(suite, store, str(start))
             note(f"  distilling with DDK, {settings.steps} steps …")
-            config = DistillConfig(teacher=teacher.source, student=str(start), output_dir=str(folder / "distill"),
-                                   steps=settings.steps, batch_size=settings.batch_size, block_size=settings.block_size,
-                                   lr=settings.lr, kd=settings.kd, kd_weight=settings.kd_weight,
-                                   interval=settings.interval, seed=settings.seed)
+            config = settings.distill_config(teacher.source, str(start), folder / "distill")
             distilled = steps.distill(suite, config, f"distill {spec.name}", params={"sweep.student": spec.name},
                                       store=store)
             note("  gating it against the teacher …")
