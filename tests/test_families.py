@@ -132,7 +132,20 @@ def test_a_one_vocabulary_mode_across_the_real_tokenizers_is_bad_input_naming_th
     assert not (tmp_path / "run").exists()
 
 
-def test_a_cross_vocabulary_loop_promotes_a_uld_student(models, tiny_world, lenient_suite, tmp_path):
+@pytest.fixture
+def two_domain_suite(lenient_suite):
+    """The lenient default suite on code and prose alone: the loop's steps are the same with two
+    domains as with four, at half the scoring."""
+    import yaml
+
+    suite = yaml.safe_load(lenient_suite.read_text())
+    suite["domains"] = [d for d in suite["domains"] if d["name"] in ("code", "prose")]
+    path = lenient_suite.with_name("two-domains.yaml")  # beside the suite's tasks/
+    path.write_text(yaml.safe_dump(suite, sort_keys=False))
+    return path
+
+
+def test_a_cross_vocabulary_loop_promotes_a_uld_student(models, tiny_world, two_domain_suite, tmp_path):
     """`kdh loop --kd uld`: a Qwen2-tokenizer teacher, a GPT-2-tokenizer student, scored, distilled,
     gated and promoted (a registry version under the champion alias)."""
     from mlflow import MlflowClient, set_tracking_uri
@@ -140,7 +153,7 @@ def test_a_cross_vocabulary_loop_promotes_a_uld_student(models, tiny_world, leni
     from harness.cli import main
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = main(["loop", "--suite", str(lenient_suite), "--kd", "uld", "--teacher", str(models("qwen2", "qwen2", seed=1)),
+    code = main(["loop", "--suite", str(two_domain_suite), "--kd", "uld", "--teacher", str(models("qwen2", "qwen2", seed=1)),
                  "--student", str(models("llama", "gpt2")), "--steps", "2", "--interval", "10",
                  "--train-batch-size", "2", "--block-size", "32", "--limit", "4", "--tracking-uri", uri, "--out", str(tmp_path / "out")])
     assert code == 0
