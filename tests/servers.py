@@ -8,9 +8,8 @@ root the cluster runs as the package's ``postgres`` user, in a folder that user 
 PostgreSQL is installed the fixtures skip, saying why.
 
 Also the helpers the server tests share: ``start_mlflow_server`` (waits on ``/health``; the log's
-tail on failure), ``kdh``/``finish`` (``kdh`` processes against a tracking URI), ``kdh_in_process``
-(``harness.cli.main`` with its output captured), the concurrent writers and their check, and the
-racing promotions and theirs.
+tail on failure), ``kdh_in_process`` (``harness.cli.main`` with its output captured), the concurrent
+writers (``kdh`` processes: tests/processes.py) and their check, and the racing promotions and theirs.
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import processes
 import pytest
+from processes import kdh
 
 SECRET = "s3cr3t-pw"  # the password in the tracking URI; the tests check that it never shows
 PG_USER, PG_PASSWORD, PG_DATABASE = "kdh", "kdh-pg-pw", "mlflow"
@@ -225,26 +226,6 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line("server start-up: " + ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()))
 
 
-# --------------------------------------------------------------------------------------------
-# kdh processes
-
-
-def kdh(args: list[str], uri: str, cwd: Path, **env: str) -> subprocess.Popen:
-    """``kdh ARGS`` in a process of its own, against ``uri``."""
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], cwd=cwd,
-                            env={**os.environ, "MLFLOW_TRACKING_URI": uri, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def finish(procs) -> list[tuple[int, str, str]]:
-    """(exit code, stdout, stderr) of each process, in order."""
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=900)
-        results.append((proc.returncode, out, err))
-    return results
-
-
 def suite_copy(folder: Path, name: str, min_retention: float | None = None) -> Path:
     """The default suite under another name (its own experiment ``kdh/NAME`` and registered model
     ``kdh-NAME``), so tests sharing one server do not count each other's runs."""
@@ -263,7 +244,7 @@ def suite_copy(folder: Path, name: str, min_retention: float | None = None) -> P
 # Concurrent writers
 
 
-def start_writers(uri: str, folder: Path, evals: int, suite: Path | None = None) -> list[subprocess.Popen]:
+def start_writers(uri: str, folder: Path, evals: int, suite: Path | None = None) -> list[processes.KdhProcess]:
     """``evals`` × ``kdh eval`` and one ``kdh distill``, small, started together against ``uri``."""
     chosen = ["--suite", str(suite)] if suite else []
     procs = [kdh(["eval", *chosen, "--limit", "3", "--no-cache", "--out", str(folder / f"eval{i}")], uri, folder)
@@ -405,9 +386,8 @@ def race_promotions(uri: str, candidates: list[Path], names: list[str], folder: 
     once per name in ``names``. Returns (per round: [(code, stdout, stderr) of racer 0, of racer 1];
     per round: the registry after it)."""
     import json
-    import multiprocessing
 
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter each, as two `kdh` commands
+    context = processes.context()  # a process each, as two `kdh` commands (forked warm: tests/processes.py)
     barrier = context.Barrier(len(candidates))
     reports = [folder / f"racer-{i}.json" for i in range(len(candidates))]
     procs = [context.Process(target=_racer, args=(i, barrier, uri, str(c), names, str(reports[i])))

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import mlflow
 import pytest
-from servers import check_races, finish, kdh, model_variants, race_names, race_promotions
+from processes import finish, kdh
+from servers import check_races, model_variants, race_names, race_promotions
 
 from harness import promotion
 from harness.models import ModelRef, fingerprint

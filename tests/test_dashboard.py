@@ -58,6 +58,19 @@ def fresh_cache():
     st.cache_data.clear()  # the cache is process-wide: each test reads its store afresh
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_component_scan():
+    """Each new AppTest scans every installed distribution for Streamlit components (about 0.4 s,
+    two dozen apps here); the installed packages do not change during the tests and the dashboard
+    uses no components, so the first scan serves them all."""
+    from streamlit.components.v2 import manifest_scanner
+
+    scan, found = manifest_scanner.scan_component_manifests, manifest_scanner.scan_component_manifests()
+    manifest_scanner.scan_component_manifests = lambda max_workers=None: list(found)
+    yield
+    manifest_scanner.scan_component_manifests = scan
+
+
 def app(monkeypatch, uri: str) -> AppTest:
     monkeypatch.setattr(sys, "argv", ["app.py", "--tracking-uri", uri])  # AppTest sees pytest's argv
     at = AppTest.from_file(str(APP), default_timeout=90).run()

@@ -6,8 +6,6 @@ tests/test_reliability.py; two processes under `accelerate launch`: tests/test_s
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -29,11 +27,6 @@ def weights_of(folder: Path) -> dict[str, torch.Tensor]:
 def same_weights(a: Path, b: Path) -> bool:
     left, right = weights_of(a), weights_of(b)
     return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-
-
-def run_cli(args: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.fixture(scope="module")

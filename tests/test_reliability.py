@@ -5,18 +5,15 @@ a run marked FINISHED; inputs that are not what they claim are bad input (exit 2
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
+from processes import KdhProcess, kdh
 from safetensors.torch import load_file
 
 from distiller.checkpoint import latest_good
@@ -26,10 +23,8 @@ from harness.cli import main
 ARGS = ["--steps", "16", "--interval", "4", "--save-every", "4", "--batch-size", "4", "--block-size", "64"]
 
 
-def run_cli(args: list[str], uri: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "MLFLOW_TRACKING_URI": uri}
-    return subprocess.Popen([sys.executable, "-m", "harness.cli", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+def run_cli(args: list[str], uri: str) -> KdhProcess:
+    return kdh(args, uri, Path.cwd(), merge_output=True)
 
 
 def runs(uri: str):
@@ -46,24 +41,6 @@ def uninterrupted(tiny_world, tmp_path_factory):
     return folder / "run" / "student"
 
 
-class Output:
-    """A process's merged output, read on a thread so the test can watch it while it runs."""
-
-    def __init__(self, proc: subprocess.Popen):
-        self.text = ""
-        self._thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
-        self._thread.start()
-
-    def _read(self, proc):
-        for chunk in iter(lambda: proc.stdout.read(64), ""):
-            self.text += chunk
-
-    def all(self) -> str:
-        """Everything, once the process has ended."""
-        self._thread.join(timeout=30)
-        return self.text
-
-
 # The kill point: in the middle of writing a checkpoint (its temporary folder exists), the moment
 # that leaves the most behind: an earlier whole checkpoint, a half-written one and steps after the
 # last one to redo. A point is an event, not a time, so a slow or busy machine moves the moment but
@@ -71,7 +48,7 @@ class Output:
 POINTS = ["mid-checkpoint"]
 
 
-def reached(point: str, out: Path, output: Output, started: float) -> bool:
+def reached(point: str, out: Path) -> bool:
     assert point == "mid-checkpoint"
     return any(p.name.startswith(".step-") for p in (out / "checkpoints").glob(".*"))
 
@@ -81,10 +58,9 @@ def reached(point: str, out: Path, output: Output, started: float) -> bool:
 def test_a_distillation_killed_at_any_point_resumes_to_the_same_student(uninterrupted, tmp_path, point):
     reference = uninterrupted
     uri, out = f"sqlite:///{tmp_path / 'm.db'}", tmp_path / "run"
-    proc = run_cli(["distill", *ARGS, "--out", str(out)], uri)
-    output, started = Output(proc), time.monotonic()
-    while not reached(point, out, output, started):
-        assert proc.poll() is None, f"the run ended before {point}: {output.text[-2000:]}"
+    proc, started = run_cli(["distill", *ARGS, "--out", str(out)], uri), time.monotonic()
+    while not reached(point, out):
+        assert proc.poll() is None, f"the run ended before {point}: {proc.output()[-2000:]}"
         assert time.monotonic() - started < 600
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -117,14 +93,14 @@ def test_a_loop_stopped_mid_way_promotes_nothing_and_finishes_no_run(tiny_world,
     uri = f"sqlite:///{tmp_path / 'm.db'}"
     proc = run_cli(["loop", "--suite", str(lenient_suite), "--steps", "200", "--interval", "10",
                     "--out", str(tmp_path / "out")], uri)
-    output, started = Output(proc), time.monotonic()
-    while not re.search(r"distill: .*\b[1-9]\d*/200 ", output.text):  # mid-distillation: steps are being taken
-        assert proc.poll() is None, output.text[-2000:]
+    started = time.monotonic()
+    while not re.search(r"distill: .*\b[1-9]\d*/200 ", proc.output()):  # mid-distillation: steps are being taken
+        assert proc.poll() is None, proc.output()[-2000:]
         assert time.monotonic() - started < 600
         time.sleep(0.05)
     proc.send_signal(sig)
     proc.wait(timeout=120)
-    log = output.all()
+    log = proc.output()
     mlflow.set_tracking_uri(uri)
     assert promotion.champion_version("kdh-default") is None
     found = runs(uri)

@@ -14,11 +14,11 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from processes import finish
 from servers import (
     SECRET,
     check_no_run_and_no_metric_lost,
     check_races,
-    finish,
     kdh_in_process,
     model_variants,
     race_names,
