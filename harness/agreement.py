@@ -321,11 +321,12 @@ def document_text(task, doc) -> str:
 
 def slice_texts(suite, options) -> dict[tuple[str, str], list[str]]:
     """(domain, slice) → the texts of the documents scoring reads (the same first ``limit`` ones)."""
-    from lm_eval.tasks import TaskManager, get_task_dict
+    from lm_eval.tasks import get_task_dict
 
+    from harness.registry import names_builtin_tasks, task_manager
     from harness.taskfiles import inline_task, task_name
 
-    manager = TaskManager(include_defaults=any(s.is_builtin for d in suite.domains for s in d.slices))
+    manager = task_manager(names_builtin_tasks(suite))
     out = {}
     for domain in suite.domains:
         for slice_ in domain.slices:

@@ -9,6 +9,7 @@ working directory; ``demo://`` paths resolve into the embedded demo world's data
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,15 +304,27 @@ def _join(where: str, key: Any) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
+def names_builtin_tasks(suite: Suite) -> bool:
+    return any(s.is_builtin for d in suite.domains for s in d.slices)
+
+
+@functools.cache
+def task_manager(builtins: bool):
+    """lm-eval's TaskManager, made once per process. With its built-in tasks it parses thousands of
+    YAML files (~12 s), and the suite check, every model's scoring and the agreement each need one;
+    it holds only that index, so one serves them all. Without them it is cheap."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_defaults=builtins)
+
+
 def check_builtin_tasks(suite: Suite) -> None:
-    """Every built-in task a slice names must exist in lm-eval. Costs lm-eval's ~12 s index of
-    its built-in tasks, so it runs only when a slice names one."""
+    """Every built-in task a slice names must exist in lm-eval. Costs lm-eval's index of its
+    built-in tasks, so it runs only when a slice names one."""
     named = [(i, j, s.task) for i, d in enumerate(suite.domains) for j, s in enumerate(d.slices) if s.is_builtin]
     if not named:
         return
-    from lm_eval.tasks import TaskManager
-
-    known = set(TaskManager(include_defaults=True).all_tasks)
+    known = set(task_manager(True).all_tasks)
     for i, j, task in named:
         if task not in known:
             close = difflib.get_close_matches(task, sorted(known), n=1)

@@ -22,7 +22,7 @@ from harness import models as model_io
 from harness.errors import BadInput, RuntimeFailure
 from harness.metrics import METRICS
 from harness.models import ModelRef
-from harness.registry import Suite
+from harness.registry import Suite, names_builtin_tasks, task_manager
 from harness.scorecard import EFFICIENCY_COLUMNS, ITEM_COLUMNS, ROW_COLUMNS, SAMPLE_COLUMNS, Scorecard
 from harness.taskfiles import inline_task, task_name
 
@@ -120,7 +120,6 @@ def evaluate_model(ref: ModelRef, suite: Suite,
                    options: ScoringOptions = ScoringOptions()) -> tuple[list[dict], list[dict], dict]:
     """Score one model on every slice: (scorecard rows, per-document samples, efficiency figures)."""
     import lm_eval
-    from lm_eval.tasks import TaskManager
 
     from harness.lm import BoundedHFLM
 
@@ -130,9 +129,7 @@ def evaluate_model(ref: ModelRef, suite: Suite,
     # (docs/architecture.md, "what kdh relies on"). BoundedHFLM: lm-eval's HFLM holding at most a chunk of
     # logits at a time, not [batch, length, vocabulary] (docs/scoring-memory.md).
     lm = BoundedHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    needs_builtins = any(s.is_builtin for d in suite.domains for s in d.slices)
-    # Indexing lm-eval's built-in tasks costs ~12 s; only pay it when a slice names one.
-    manager = TaskManager(include_defaults=needs_builtins)
+    manager = task_manager(names_builtin_tasks(suite))  # the built-ins' index only when a slice names one
     iters = options.bootstrap_iters if options.bootstrap_iters is not None else suite.defaults.bootstrap_iters
 
     rows: list[dict] = []

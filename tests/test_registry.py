@@ -152,11 +152,18 @@ def test_cli_validate_exit_codes(write_suite, capsys):
 
 
 @pytest.mark.slow
-def test_unknown_builtin_task_is_named(write_suite):
-    from harness.registry import check_builtin_tasks
+def test_unknown_builtin_task_is_named_and_the_builtins_are_indexed_once(write_suite, monkeypatch):
+    from lm_eval.tasks import _index
 
+    from harness.registry import check_builtin_tasks, task_manager
+
+    builds, build = [], _index.TaskIndex.build
+    monkeypatch.setattr(_index.TaskIndex, "build", staticmethod(lambda *a, **k: builds.append(a) or build(*a, **k)))
+    task_manager.cache_clear()
     body = "name: b\ndomains:\n  - name: a\n    slices:\n      - {task: arc_easyy, metric: acc}\n"
     suite = load_suite(write_suite(body))
     with pytest.raises(SuiteError) as caught:
         check_builtin_tasks(suite)
     assert caught.value.field == "domains[0].slices[0].task" and "did you mean 'arc_easy'" in str(caught.value)
+    # Each model's scoring and the agreement take the same index: ~12 s once a process, not once each.
+    assert task_manager(True) is task_manager(True) and len(builds) == 1
