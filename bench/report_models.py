@@ -172,6 +172,15 @@ def teacher_signal_section(data: dict, goals: list) -> list[str]:
                    f"{step['live_step_s']:.2f} s, stored top-64 {step['stored_step_s']:.2f} s, **{step['speedup']:.2f}× "
                    "faster**. The student's own forward and backward stay, so at a 4× teacher the ceiling is about "
                    "(3 + 4) / 3 ≈ 2.3× (docs/teacher-signal.md).")]
+    by_teacher = data.get("step_by_teacher", [])
+    if len(by_teacher) > 1:
+        lines += ["", "The same step against larger teachers (same student, same batches; the estimate counts a "
+                  "teacher forward as its parameters over the student's, against the student's 3 forward-equivalents):", "",
+                  "| teacher | parameters | × the student | live teacher | stored top-64 | faster | estimate 1 + ratio / 3 |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['teacher_shape']} | {r['params']['teacher'] / 1e6:.1f}M | {r['teacher_to_student']:.2f}× | "
+                  f"{r['live_step_s']:.2f} s | {r['stored_step_s']:.2f} s | **{r['speedup']:.2f}×** | "
+                  f"{1 + r['teacher_to_student'] / 3:.2f}× |" for r in by_teacher]
     goals.append(("a step from the stored signal ≥ 3× faster than the live teacher at a 4× teacher",
                   f"{step['speedup']:.2f}× (ceiling ≈ 2.3× by the FLOP count)", step["speedup"] >= 3))
     rows = quality["rows"]

@@ -12,7 +12,7 @@
   (distiller.step.Step: teacher forward + fused dense loss) and from a stored top-64 signal
   (SignalStep: reading and decoding the rows' targets + the sparse fused loss), alternating on the same
   batches in one process: GPT-2-family models around the GPT-2 tokenizer fixture, teacher ≈ 4× the
-  student's parameters, batch 8 × 128.
+  student's parameters (and larger ones with ``--teacher-shapes 4x384 6x512 8x640``), batch 8 × 128.
 - quality: the tiny demo world's student distilled for ``--steps`` steps (DDK, γ = 0.2) from the live
   teacher and from stored signals (top-32, top-64, sampled N = 12 and N = 32 — the bytes of top-32 at
   this vocabulary), 3 seeds; bits per byte per domain on its test_ppl texts and the next-token ECE
@@ -98,8 +98,9 @@ def quantisation_error(world, store, root: Path) -> dict:
             "teacher_signal_seconds": made.seconds}
 
 
-def step_times(reps: int, tmp: Path) -> dict:
-    """Live teacher vs stored signal, one step each, alternating on the same batches."""
+def step_times(reps: int, tmp: Path, teacher_layers: int = 4, teacher_hidden: int = 384) -> dict:
+    """Live teacher vs stored signal, one step each, alternating on the same batches; the student is
+    2 × 128, the teacher ``teacher_layers`` × ``teacher_hidden`` (4 × 384: 3.86× its parameters)."""
     from accelerate import Accelerator
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,8 +116,10 @@ def step_times(reps: int, tmp: Path) -> dict:
     from harness.demo import ensure_world
 
     gpt2 = ROOT / "tests" / "fixtures" / "tokenizers" / "gpt2"
+    tmp = tmp / f"teacher-{teacher_layers}x{teacher_hidden}"
     student_dir = build_model("gpt2", gpt2, tmp / "student", layers=2, hidden=128, context=128, seed=1)
-    teacher_dir = build_model("gpt2", gpt2, tmp / "teacher", layers=4, hidden=384, heads=6, context=128, seed=2)
+    teacher_dir = build_model("gpt2", gpt2, tmp / "teacher", layers=teacher_layers, hidden=teacher_hidden,
+                              heads=teacher_hidden // 64, context=128, seed=2)
     world = ensure_world(home.kdh_home(), size="tiny", progress=False)
     corpora = {d: {"train": [world.domain_file(d, "train.jsonl")], "validation": [world.domain_file(d, "validation.jsonl")]}
                for d in ("prose",)}
@@ -148,7 +151,8 @@ def step_times(reps: int, tmp: Path) -> dict:
                 times[name].append(time.perf_counter() - started)
     del accelerator
     live_s, stored_s = statistics.median(times["live"]), statistics.median(times["stored"])
-    return {"params": params, "teacher_to_student": params["teacher"] / params["student"], "batch": "8 x 128",
+    return {"teacher_shape": f"{teacher_layers} x {teacher_hidden}", "params": params,
+            "teacher_to_student": params["teacher"] / params["student"], "batch": "8 x 128",
             "vocab": 50_257, "reps": reps, "live_step_s": live_s, "stored_step_s": stored_s,
             "speedup": live_s / stored_s, "times": times}
 
@@ -215,6 +219,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=["bytes", "error", "step", "quality"])
     parser.add_argument("--step-reps", type=int, default=10)
+    parser.add_argument("--teacher-shapes", nargs="*", default=["4x384"],
+                        help="LAYERSxHIDDEN of each teacher the step is timed against (the first is the 4× one)")
     parser.add_argument("--steps", type=int, default=100, help="distillation steps per quality run")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--out", default=str(ROOT / "docs" / "bench" / "teacher-signal.json"))
@@ -232,7 +238,9 @@ def main(argv=None) -> int:
         if "error" in args.only:
             results["quantisation"] = quantisation_error(world, store, tmp / "signals")
         if "step" in args.only:
-            results["step"] = step_times(args.step_reps, tmp)
+            shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.teacher_shapes]
+            results["step_by_teacher"] = [step_times(args.step_reps, tmp, *shape) for shape in shapes]
+            results["step"] = results["step_by_teacher"][0]
         if "quality" in args.only:
             results["quality"] = {"steps": args.steps, "rows": quality(world, store, tmp / "signals", args.steps, args.seeds)}
     results["machine"]["load_at_end"] = os.getloadavg()

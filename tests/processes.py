@@ -65,9 +65,9 @@ class KdhProcess:
     """A running kdh command, with the part of ``subprocess.Popen`` the tests use."""
 
     def __init__(self, argv: list[str], env: dict, cwd: Path, merge_output: bool):
-        folder = Path(tempfile.mkdtemp(prefix="kdh-process-"))
-        self._out = folder / "stdout"
-        self._err = self._out if merge_output else folder / "stderr"
+        self._folder = tempfile.TemporaryDirectory(prefix="kdh-process-")  # removed with this object
+        self._out = Path(self._folder.name) / "stdout"
+        self._err = self._out if merge_output else Path(self._folder.name) / "stderr"
         for path in {self._out, self._err}:
             path.touch()
         self._process = context().Process(target=_kdh_main, args=(argv, env, str(cwd), str(self._out), str(self._err)))
