@@ -167,7 +167,8 @@ def teacher_signal_section(data: dict, goals: list) -> list[str]:
     goals.append(("stored signal ≤ 160 bytes a position at k = 64, ≤ 48 sampled (GPT-2's vocabulary)",
                   f"{size['gpt2 top-k 64']} and {size['gpt2 sampled 12']} (Qwen2's: {size['qwen2 top-k 64']} and "
                   f"{size['qwen2 sampled 12']})", size["gpt2 top-k 64"] <= 160 and size["gpt2 sampled 12"] <= 48))
-    lines += ["", (f"**Step**: student {step['params']['student'] / 1e6:.2f}M, teacher {step['params']['teacher'] / 1e6:.1f}M "
+    step_load = data.get("machine_step", data["machine"])["load_at_start"][0]
+    lines += ["", (f"**Step** (load average {step_load:.1f} at the start): student {step['params']['student'] / 1e6:.2f}M, teacher {step['params']['teacher'] / 1e6:.1f}M "
                    f"({step['teacher_to_student']:.2f}×), batch {step['batch']}, vocabulary {step['vocab']:,}: live teacher "
                    f"{step['live_step_s']:.2f} s, stored top-64 {step['stored_step_s']:.2f} s, **{step['speedup']:.2f}× "
                    "faster**. The student's own forward and backward stay, so at a 4× teacher the ceiling is about "
