@@ -30,7 +30,6 @@ from pathlib import Path
 
 import processes
 import pytest
-from processes import kdh
 
 SECRET = "s3cr3t-pw"  # the password in the tracking URI; the tests check that it never shows
 PG_USER, PG_PASSWORD, PG_DATABASE = "kdh", "kdh-pg-pw", "mlflow"
@@ -247,9 +246,9 @@ def suite_copy(folder: Path, name: str, min_retention: float | None = None) -> P
 def start_writers(uri: str, folder: Path, evals: int, suite: Path | None = None) -> list[processes.KdhProcess]:
     """``evals`` × ``kdh eval`` and one ``kdh distill``, small, started together against ``uri``."""
     chosen = ["--suite", str(suite)] if suite else []
-    procs = [kdh(["eval", *chosen, "--limit", "3", "--no-cache", "--out", str(folder / f"eval{i}")], uri, folder)
+    procs = [processes.kdh(["eval", *chosen, "--limit", "3", "--no-cache", "--out", str(folder / f"eval{i}")], uri, folder)
              for i in range(evals)]
-    procs.append(kdh(["distill", *chosen, "--steps", "6", "--interval", "3", "--save-every", "6",
+    procs.append(processes.kdh(["distill", *chosen, "--steps", "6", "--interval", "3", "--save-every", "6",
                       "--out", str(folder / "distill")], uri, folder))
     return procs
 
